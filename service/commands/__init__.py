@@ -1,0 +1,1 @@
+"""Sub-commands of the ``tessera`` CLI, one module each (see :mod:`service.cli`)."""

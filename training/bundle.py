@@ -1,0 +1,210 @@
+"""Model bundles: one self-describing ``.safetensors`` file per trained model.
+
+The tensors are the model's state dict; the safetensors header's metadata holds one JSON document
+under the key ``"tessera"``::
+
+    {"format": "tessera-bundle", "version": 1, "task": "segmentation" | "classification",
+     "spec": {"arch": ...},                       # rebuilds the network (training.models)
+     "in_channels": 1, "classes": ["membrane", "cell"],
+     "normalization": {"mode": "image", ...},     # training.normalization.Normalization
+     "geometry": {"padding": "valid", "depth": 4, "halo": 92, "kind": "unet"},
+     "tile": {"input": 572},                      # default tile input size for inference
+     "provenance": {...}, "metrics": {...}}
+
+Loading never unpickles anything (safetensors has no code path that can), and a corrupt,
+truncated or foreign file is refused with a :class:`BundleError` naming the file. Training writes
+bundles; the tiler, the service, batch jobs and evaluation load them with :func:`load_bundle`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from training.geometry import TileGeometry
+from training.models import build_model, measure_halo
+from training.normalization import Normalization
+
+FORMAT = "tessera-bundle"
+VERSION = 1
+METADATA_KEY = "tessera"
+SUFFIX = ".safetensors"
+
+
+class BundleError(ValueError):
+    """A file that is not a loadable Tessera bundle; the message names the file and the reason."""
+
+
+@dataclass
+class BundleInfo:
+    """Everything a bundle says about its model, apart from the weights."""
+
+    spec: dict[str, Any]
+    classes: list[str]
+    in_channels: int
+    normalization: Normalization = field(default_factory=Normalization)
+    geometry: TileGeometry | None = None
+    tile: dict[str, Any] = field(default_factory=dict)
+    task: str = "segmentation"
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "task": self.task,
+            "spec": self.spec,
+            "in_channels": self.in_channels,
+            "classes": self.classes,
+            "normalization": self.normalization.to_dict(),
+            "geometry": self.geometry.to_dict() if self.geometry else None,
+            "tile": self.tile,
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BundleInfo":
+        geometry = data.get("geometry")
+        return cls(
+            spec=data["spec"],
+            classes=list(data["classes"]),
+            in_channels=int(data["in_channels"]),
+            normalization=Normalization.from_dict(data["normalization"]),
+            geometry=TileGeometry.from_dict(geometry) if geometry else None,
+            tile=dict(data.get("tile") or {}),
+            task=data.get("task", "segmentation"),
+            provenance=dict(data.get("provenance") or {}),
+            metrics=dict(data.get("metrics") or {}),
+        )
+
+
+@dataclass
+class Bundle:
+    """A loaded model (in eval mode) and its :class:`BundleInfo`."""
+
+    model: nn.Module
+    info: BundleInfo
+    path: Path | None = None
+
+
+def save_bundle(path: str | Path, model: nn.Module, info: BundleInfo) -> Path:
+    """Write ``model``'s weights and ``info`` to ``path`` atomically (temporary file, rename)."""
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise ValueError(f"{path}: bundle files end in {SUFFIX}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    metadata = {METADATA_KEY: json.dumps(info.to_dict())}
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def read_bundle_info(path: str | Path) -> BundleInfo:
+    """Read only the metadata of a bundle (fast: the header, not the weights)."""
+    return _read(Path(path), with_tensors=False)[0]
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Load a bundle: rebuild its network from the spec, load the weights, switch to eval mode."""
+    path = Path(path)
+    info, tensors = _read(path, with_tensors=True)
+    try:
+        model = build_model(info.spec)
+    except (TypeError, ValueError) as error:
+        raise BundleError(f"{path}: its model spec cannot be built ({error})") from None
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise BundleError(f"{path}: weights do not fit the model its metadata describes ({first})") from None
+    if info.geometry is not None:
+        model.geometry = info.geometry
+    return Bundle(model=model.to(device).eval(), info=info, path=path)
+
+
+def _read(path: Path, with_tensors: bool) -> tuple[BundleInfo, dict[str, torch.Tensor]]:
+    if not path.is_file():
+        raise BundleError(f"{path}: no such bundle file")
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if with_tensors:
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise BundleError(f"{path}: not a readable safetensors file ({error})") from None
+    if METADATA_KEY not in metadata:
+        raise BundleError(f"{path}: a safetensors file, but not a Tessera bundle (no '{METADATA_KEY}' metadata)")
+    try:
+        data = json.loads(metadata[METADATA_KEY])
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format is {data.get('format')!r}")
+        if data.get("version") != VERSION:
+            raise ValueError(f"bundle version {data.get('version')!r}, this Tessera reads {VERSION}")
+        info = BundleInfo.from_dict(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise BundleError(f"{path}: bundle metadata is invalid ({error})") from None
+    return info, tensors
+
+
+#: The shipped default model (trained on ISBI 2012 slices 0-24, see the README).
+DEFAULT_BUNDLE = Path(__file__).parent / "assets" / "default.safetensors"
+
+#: Default tile input size for same-padded networks (pixels per side).
+DEFAULT_SAME_TILE = 512
+#: Default wanted output per tile for valid networks (the paper's 388 -> 572 input).
+DEFAULT_VALID_OUTPUT = 388
+
+
+def model_geometry(model: nn.Module, in_channels: int) -> TileGeometry:
+    """The model's tile geometry, with the halo measured for same-padded networks."""
+    geometry: TileGeometry = model.geometry
+    if geometry.padding == "valid":
+        return geometry
+    return replace(geometry, halo=measure_halo(model, in_channels, geometry))
+
+
+def default_tile(geometry: TileGeometry) -> dict[str, int]:
+    """A sensible default tile for inference: 572 px input for the paper's U-Net, 512 px otherwise."""
+    if geometry.padding == "valid":
+        return {"input": geometry.input_size_for(DEFAULT_VALID_OUTPUT)}
+    size = max(DEFAULT_SAME_TILE, geometry.input_size_for(2 * geometry.halo + geometry.stride))
+    return {"input": size}
+
+
+def new_bundle_info(
+    spec: dict[str, Any],
+    model: nn.Module,
+    classes: list[str],
+    normalization: Normalization,
+    **fields: Any,
+) -> BundleInfo:
+    """Describe a freshly built or trained segmentation model (geometry measured, default tile)."""
+    geometry = model_geometry(model, spec["in_channels"])
+    return BundleInfo(
+        spec=spec,
+        classes=list(classes),
+        in_channels=spec["in_channels"],
+        normalization=normalization,
+        geometry=geometry,
+        tile=fields.pop("tile", None) or default_tile(geometry),
+        **fields,
+    )
