@@ -81,7 +81,7 @@ def _decode_tiff(data: bytes, max_pixels: int) -> np.ndarray:
             series = tiff.series
             if not series:
                 raise ImageError("TIFF holds no image", "corrupt")
-            if len(tiff.pages) > 1 and len(series[0].shape) > 2 and series[0].shape[0] == len(tiff.pages):
+            if len(tiff.pages) > 1:
                 raise ImageError(
                     f"multi-page TIFF ({len(tiff.pages)} pages): send one 2-D image per request", "shape"
                 )
