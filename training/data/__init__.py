@@ -1,0 +1,31 @@
+"""Training data: datasets on disk, overlap-tile patches, augmentation.
+
+* :mod:`training.data.dataset` -- folders of images and masks paired by stem, label specs, splits.
+* :mod:`training.data.patches` -- the torch ``Dataset`` of mirror-extrapolated training patches.
+* :mod:`training.data.augment` -- the albumentations pipeline (paper's elastic grid deformation,
+  flips, rotations, intensity) and DataLoader worker seeding.
+"""
+
+from training.data.dataset import (
+    IGNORE_INDEX,
+    ISBI_HOLDOUT,
+    ISBI_TRAIN,
+    DatasetError,
+    Example,
+    LabelSpec,
+    SegmentationFolder,
+    isbi2012,
+    parse_selection,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ISBI_HOLDOUT",
+    "ISBI_TRAIN",
+    "DatasetError",
+    "Example",
+    "LabelSpec",
+    "SegmentationFolder",
+    "isbi2012",
+    "parse_selection",
+]
