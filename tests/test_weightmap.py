@@ -1,0 +1,110 @@
+"""The paper's weight map: hand-computed values and the per-bounding-box computation against a
+whole-image reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from training.data import IGNORE_INDEX, isbi2012
+from training.weightmap import (
+    CUTOFF_SIGMAS,
+    SIGMA,
+    W0,
+    border_weights,
+    class_balance_weights,
+    exact_distance,
+    object_instances,
+    unet_weight_map,
+)
+
+
+def reference_border_weights(instances: np.ndarray, w0: float = W0, sigma: float = SIGMA) -> np.ndarray:
+    """Whole-image distance maps for every object, two smallest per pixel, the same truncation."""
+    labels = [k for k in np.unique(instances) if k > 0]
+    distances = np.stack([ndimage.distance_transform_edt(instances != k) for k in labels])
+    if len(labels) < 2:
+        distances = np.concatenate([distances, np.full((2 - len(labels),) + instances.shape, np.inf)])
+    two = np.sort(distances, axis=0)[:2]
+    total = two[0] + two[1]
+    term = w0 * np.exp(-(total**2) / (2 * sigma**2))
+    term[(total > CUTOFF_SIGMAS * sigma) | (instances > 0)] = 0
+    return term
+
+
+def two_squares(gap: int) -> np.ndarray:
+    """Class 1 squares 10x10 at rows 10-19, separated horizontally by ``gap`` background columns."""
+    target = np.zeros((30, 40), np.int64)
+    target[10:20, 5:15] = 1
+    target[10:20, 15 + gap : 25 + gap] = 1
+    return target
+
+
+def test_pixel_between_two_objects_by_hand():
+    target = two_squares(gap=7)  # gap columns 15..21, midway column 18
+    weights = np.array([2.0, 0.5])
+    w = unet_weight_map(target, weights)
+    # pixel (14, 18): 4 px from the left square's column 14 and from the right square's column 22
+    assert w[14, 18] == pytest.approx(2.0 + 10 * math.exp(-((4 + 4) ** 2) / (2 * 5**2)), rel=1e-6)
+    # next to the left square: d1 = 1, d2 = 7
+    assert w[14, 15] == pytest.approx(2.0 + 10 * math.exp(-((1 + 7) ** 2) / 50), rel=1e-6)
+    assert w[12, 8] == pytest.approx(0.5)  # inside an object: w_c only
+    # far away (row 0, column 0): d1 + d2 > 20 -> truncated to w_c
+    assert w[0, 0] == pytest.approx(2.0)
+
+
+def test_single_object_has_no_border_term():
+    target = np.zeros((20, 20), np.int64)
+    target[5:9, 5:9] = 1
+    np.testing.assert_array_equal(border_weights(object_instances(target, [1])), 0)
+
+
+def test_class_balance_by_hand():
+    target = np.array([[0, 0, 0, 1], [IGNORE_INDEX, 1, 0, 0]])
+    weights = class_balance_weights(target, 3)  # 5 x class 0, 2 x class 1, none of class 2
+    np.testing.assert_allclose(weights, [7 / (3 * 5), 7 / (3 * 2), 0.0])
+    w = unet_weight_map(target, weights, w0=0)
+    assert w[1, 0] == 0 and w[0, 3] == pytest.approx(7 / 6)
+
+
+def test_instances_given_split_touching_objects():
+    target = np.zeros((12, 20), np.int64)
+    target[2:10, 2:18] = 1  # one connected component ...
+    instances = np.zeros_like(target, dtype=np.int32)
+    instances[2:10, 2:10], instances[2:10, 11:18] = 1, 2  # ... given as two instances, gap at column 10
+    w = unet_weight_map(target, np.array([1.0, 1.0]), instances=instances)
+    assert w[5, 10] == pytest.approx(1.0 + 10 * math.exp(-4 / 50), rel=1e-6)
+    assert unet_weight_map(target, np.array([1.0, 1.0]))[5, 10] == pytest.approx(1.0)
+
+
+def test_opencv_distance_equals_scipy():
+    rng = np.random.default_rng(3)
+    outside = rng.random((64, 80)) > 0.02
+    np.testing.assert_allclose(exact_distance(outside), ndimage.distance_transform_edt(outside), atol=1e-4)
+
+
+def test_per_bbox_equals_whole_image_reference_on_isbi():
+    target = isbi2012().load(7).target[:192, :256]
+    instances = object_instances(target, [1])
+    assert instances.max() > 10
+    np.testing.assert_allclose(border_weights(instances), reference_border_weights(instances), atol=1e-4)
+
+
+def test_per_bbox_equals_reference_on_random_blobs():
+    rng = np.random.default_rng(1)
+    blobs = ndimage.gaussian_filter(rng.random((70, 90)), 2) > 0.52
+    instances, _ = ndimage.label(blobs)
+    assert instances.max() >= 5
+    np.testing.assert_allclose(border_weights(instances), reference_border_weights(instances), atol=1e-4)
+
+
+def test_isbi_slice_weight_range():
+    target = isbi2012().load(0).target
+    weights = class_balance_weights(target, 2)
+    w = unet_weight_map(target, weights)
+    assert w.dtype == np.float32 and w.shape == target.shape
+    assert w.min() == pytest.approx(weights[1])  # cell interiors far from others: w_c only
+    assert weights[0] + 5 < w.max() <= weights[0] + W0  # membranes between cells: up to w_c + w0
