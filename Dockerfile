@@ -20,7 +20,7 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS requirements
 WORKDIR /build
 COPY pyproject.toml scripts/pinned-requirements ./
-RUN python pinned-requirements pyproject.toml --only torch torchvision > torch.txt \
+RUN python pinned-requirements pyproject.toml --only torch torchvision numpy pillow > torch.txt \
     && python pinned-requirements pyproject.toml --extra docker > requirements.txt
 
 # ---- the image -----------------------------------------------------------------------------------
@@ -40,6 +40,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python -m venv /opt/venv
 
 # torch + torchvision first, in their own layer: by far the largest download (CUDA libraries).
+# numpy and pillow (torchvision's dependencies) come in at their pinned versions here too.
 COPY --from=requirements /build/torch.txt /tmp/requirements/torch.txt
 RUN pip install --no-cache-dir -r /tmp/requirements/torch.txt
 
