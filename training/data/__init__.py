@@ -17,8 +17,17 @@ from training.data.dataset import (
     isbi2012,
     parse_selection,
 )
+from training.data.augment import Augmentation, build_augmentation, seed_everything, worker_init_fn
+from training.data.patches import PatchDataset, WeightMapConfig, dataset_normalization
 
 __all__ = [
+    "Augmentation",
+    "PatchDataset",
+    "WeightMapConfig",
+    "build_augmentation",
+    "dataset_normalization",
+    "seed_everything",
+    "worker_init_fn",
     "IGNORE_INDEX",
     "ISBI_HOLDOUT",
     "ISBI_TRAIN",

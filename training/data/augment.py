@@ -1,0 +1,302 @@
+"""Data augmentation: one albumentations 2.0.8 pipeline applied jointly to image, mask and weight map.
+
+Every geometric transform mirrors at borders (``cv2.BORDER_REFLECT_101``, the same mirror as
+:mod:`training.mirror`; albumentations 2.0 defaults to a constant border) and moves labels and
+weights with nearest-neighbour interpolation, so masks stay in their label set. The pipeline is
+``Compose(strict=True)`` with the extra target ``weight`` (a mask).
+
+Configuration: a dict (or a YAML file / string), one entry per transform; an entry is merged over
+:data:`DEFAULT_AUGMENTATION`, ``False``/``None``/``p: 0`` turns a transform off, an unknown name or
+option is an error. ``build_augmentation("none")`` is the identity.
+
+==============  ==================================================================================
+name            options (defaults in :data:`DEFAULT_AUGMENTATION`)
+==============  ==================================================================================
+``flip``        ``p``: horizontal and vertical flips, each with probability p
+``rotate90``    ``p``: a random multiple of 90 degrees
+``elastic``     ``p``, ``grid``, ``sigma``: the U-Net paper's deformation -- displacements on a
+                coarse ``grid x grid`` (3 x 3) grid drawn from N(0, sigma = 10 px), bicubic
+                (cubic spline) interpolated to every pixel (:class:`GridElastic`)
+``affine``      ``p``, ``scale`` [lo, hi], ``rotate`` [lo, hi] degrees
+``brightness``  ``p``, ``limit``: add U(-limit, limit) (images are scaled to [0, 1])
+``contrast``    ``p``, ``limit``: multiply the contrast by 1 + U(-limit, limit)
+``gamma``       ``p``, ``range`` [lo, hi]: x ** gamma
+``noise``       ``p``, ``std`` [lo, hi]: additive Gaussian noise
+``blur``        ``p``, ``sigma`` [lo, hi]: Gaussian blur
+==============  ==================================================================================
+
+Why neither built-in elastic transform: ``ElasticTransform`` smooths a dense per-pixel random
+field with a Gaussian (Simard 2003), not a coarse grid; ``GridElasticDeform`` draws uniform
+displacements and warps each grid cell by a piecewise mesh (no smooth interpolation, no border mode).
+
+Augment the *input* window (with the model's margin) so warps have real context: a window read
+with :func:`warp_reach` extra mirrored pixels per side and cropped back after augmentation shows no
+border artefacts; :mod:`training.data.patches` does exactly that.
+
+Randomness: albumentations 2.0.8 copies the same random state into every DataLoader worker.
+:func:`worker_init_fn` reseeds each worker from PyTorch's per-worker seed (different per worker
+and per epoch, fixed by ``torch.manual_seed``), so a fixed seed reproduces a run.
+
+Public API: :func:`build_augmentation` -> :class:`Augmentation` (``aug(image, mask, weight)``,
+``reseed(seed)``, ``reach(size)``), :data:`DEFAULT_AUGMENTATION`, :func:`warp_reach`,
+:class:`GridElastic`, :func:`grid_displacement`, :func:`worker_init_fn`, :func:`seed_everything`.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+import yaml
+from albumentations.augmentations.geometric.distortion import BaseDistortion
+from pydantic import Field
+from scipy import ndimage
+
+#: The one border mode for every warp: OpenCV's name for training.mirror's mirror.
+BORDER = cv2.BORDER_REFLECT_101
+
+DEFAULT_AUGMENTATION: dict[str, dict[str, Any]] = {
+    "flip": {"p": 0.5},
+    "rotate90": {"p": 0.5},
+    "elastic": {"p": 0.5, "grid": 3, "sigma": 10.0},
+    "affine": {"p": 0.3, "scale": [0.9, 1.1], "rotate": [-15.0, 15.0]},
+    "brightness": {"p": 0.3, "limit": 0.1},
+    "contrast": {"p": 0.3, "limit": 0.15},
+    "gamma": {"p": 0.3, "range": [0.8, 1.25]},
+    "noise": {"p": 0.15, "std": [0.0, 0.05]},
+    "blur": {"p": 0.1, "sigma": [0.5, 1.0]},
+}
+#: Elastic displacements beyond this many sigma are treated as impossible when sizing the context.
+ELASTIC_REACH_SIGMAS = 3.0
+
+
+# --------------------------------------------------------------------------- the paper's elastic warp
+@functools.lru_cache(maxsize=32)
+def _cubic_basis(size: int, grid: int) -> np.ndarray:
+    """``(size, grid)`` weights that interpolate ``grid`` equally spaced nodes (first and last on the
+    first and last pixel) to ``size`` pixels with a cubic spline."""
+    basis = np.empty((size, grid), np.float64)
+    for node in range(grid):
+        unit = np.zeros(grid)
+        unit[node] = 1.0
+        zoomed = ndimage.zoom(unit, size / grid, order=3, mode="mirror", grid_mode=False)
+        basis[:, node] = zoomed[:size] if zoomed.size >= size else np.resize(zoomed, size)
+    return basis.astype(np.float32)
+
+
+def grid_displacement(shape: tuple[int, int], coarse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel (dy, dx) float32 ``shape`` maps from coarse ``(grid, grid, 2)`` displacements."""
+    rows, cols = _cubic_basis(shape[0], coarse.shape[0]), _cubic_basis(shape[1], coarse.shape[1])
+    coarse = coarse.astype(np.float32)
+    return (rows @ coarse[..., 0]) @ cols.T, (rows @ coarse[..., 1]) @ cols.T
+
+
+class GridElastic(BaseDistortion):
+    """The U-Net paper's elastic deformation: random displacements on a coarse ``grid x grid``
+    grid, each from N(0, ``sigma`` px), cubic-interpolated to a smooth per-pixel field. Images are
+    resampled bilinearly, masks with nearest neighbour, borders mirrored."""
+
+    class InitSchema(BaseDistortion.InitSchema):
+        grid: int = Field(ge=2)
+        sigma: float = Field(ge=0)
+
+    def __init__(
+        self,
+        grid: int = 3,
+        sigma: float = 10.0,
+        interpolation: int = cv2.INTER_LINEAR,
+        mask_interpolation: int = cv2.INTER_NEAREST,
+        keypoint_remapping_method: str = "mask",
+        border_mode: int = BORDER,
+        fill: float = 0,
+        fill_mask: float = 0,
+        p: float = 0.5,
+    ) -> None:
+        super().__init__(
+            interpolation=interpolation,
+            mask_interpolation=mask_interpolation,
+            keypoint_remapping_method=keypoint_remapping_method,
+            p=p,
+            border_mode=border_mode,
+            fill=fill,
+            fill_mask=fill_mask,
+        )
+        self.grid = grid
+        self.sigma = sigma
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        coarse = self.random_generator.normal(0.0, self.sigma, size=(self.grid, self.grid, 2))
+        dy, dx = grid_displacement((height, width), coarse)
+        dx += np.arange(width, dtype=np.float32)[None, :]
+        dy += np.arange(height, dtype=np.float32)[:, None]
+        return {"map_x": dx, "map_y": dy}
+
+
+# --------------------------------------------------------------------------- configuration
+def read_config(config: Mapping | str | Path | None) -> dict[str, dict[str, Any]]:
+    """The effective configuration: defaults merged with ``config`` (dict, YAML file or text)."""
+    if config is None:
+        return copy.deepcopy(DEFAULT_AUGMENTATION)
+    if isinstance(config, str) and config.strip().lower() == "none":
+        return {}
+    if isinstance(config, Path) or (isinstance(config, str) and Path(config).is_file()):
+        config = yaml.safe_load(Path(config).read_text()) or {}
+    elif isinstance(config, str):
+        config = yaml.safe_load(config) or {}
+    if not isinstance(config, Mapping):
+        raise ValueError(f"augmentation config must be a mapping of transform -> options, got {config!r}")
+    merged = copy.deepcopy(DEFAULT_AUGMENTATION)
+    for name, options in config.items():
+        if name not in DEFAULT_AUGMENTATION:
+            raise ValueError(f"unknown augmentation {name!r}: choose from {', '.join(DEFAULT_AUGMENTATION)}")
+        if options is False or options is None:
+            merged.pop(name)
+            continue
+        if options is True:
+            continue
+        if not isinstance(options, Mapping):
+            raise ValueError(f"augmentation {name!r}: options must be a mapping, true or false")
+        unknown = set(options) - set(DEFAULT_AUGMENTATION[name])
+        if unknown:
+            raise ValueError(
+                f"augmentation {name!r}: unknown option(s) {sorted(unknown)}; "
+                f"known: {', '.join(DEFAULT_AUGMENTATION[name])}"
+            )
+        merged[name].update(options)
+    return {name: options for name, options in merged.items() if options.get("p", 0) > 0}
+
+
+def _pair(values: Any, name: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"augmentation option {name!r} must be [low, high], got {values!r}") from None
+    if hi < lo:
+        raise ValueError(f"augmentation option {name!r}: [{lo}, {hi}] runs backwards")
+    return lo, hi
+
+
+def _transforms(config: dict[str, dict[str, Any]]) -> list[A.BasicTransform]:
+    """albumentations transforms for an effective config, geometric first."""
+    t: list[A.BasicTransform] = []
+    c = config
+    if "flip" in c:
+        t += [A.HorizontalFlip(p=c["flip"]["p"]), A.VerticalFlip(p=c["flip"]["p"])]
+    if "rotate90" in c:
+        t.append(A.RandomRotate90(p=c["rotate90"]["p"]))
+    if "affine" in c:
+        t.append(
+            A.Affine(
+                scale=_pair(c["affine"]["scale"], "scale"),
+                rotate=_pair(c["affine"]["rotate"], "rotate"),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=BORDER,
+                p=c["affine"]["p"],
+            )
+        )
+    if "elastic" in c:
+        e = c["elastic"]
+        t.append(GridElastic(grid=int(e["grid"]), sigma=float(e["sigma"]), p=e["p"]))
+    if "brightness" in c:
+        limit = float(c["brightness"]["limit"])
+        t.append(A.RandomBrightnessContrast(brightness_limit=(-limit, limit), contrast_limit=(0.0, 0.0),
+                                            p=c["brightness"]["p"]))
+    if "contrast" in c:
+        limit = float(c["contrast"]["limit"])
+        t.append(A.RandomBrightnessContrast(brightness_limit=(0.0, 0.0), contrast_limit=(-limit, limit),
+                                            p=c["contrast"]["p"]))
+    if "gamma" in c:
+        lo, hi = _pair(c["gamma"]["range"], "range")
+        t.append(A.RandomGamma(gamma_limit=(100 * lo, 100 * hi), p=c["gamma"]["p"]))
+    if "noise" in c:
+        t.append(A.GaussNoise(std_range=_pair(c["noise"]["std"], "std"), p=c["noise"]["p"]))
+    if "blur" in c:
+        t.append(A.GaussianBlur(blur_limit=0, sigma_limit=_pair(c["blur"]["sigma"], "sigma"), p=c["blur"]["p"]))
+    return t
+
+
+def warp_reach(config: dict[str, dict[str, Any]], size: int) -> int:
+    """Extra pixels per side a square window of ``size`` needs so that the configured warps pull
+    their samples from real (globally mirrored) context rather than the window's own reflection."""
+    reach = 0.0
+    if "affine" in config:
+        lo_scale, _ = _pair(config["affine"]["scale"], "scale")
+        lo_rot, hi_rot = _pair(config["affine"]["rotate"], "rotate")
+        angles = np.radians(np.linspace(lo_rot, hi_rot, 33))
+        spread = float(np.max(np.abs(np.cos(angles)) + np.abs(np.sin(angles))))
+        reach += max(0.0, size / 2 * (spread / lo_scale - 1))
+    if "elastic" in config:
+        reach += ELASTIC_REACH_SIGMAS * float(config["elastic"]["sigma"])
+    return int(math.ceil(reach))
+
+
+class Augmentation:
+    """A configured pipeline: ``aug(image, mask, weight)`` -> the three, transformed together.
+
+    ``image``: ``(H, W)`` or ``(H, W, C)`` float32 in [0, 1]; ``mask``: ``(H, W)`` uint8/uint16
+    labels; ``weight``: ``(H, W)`` float32 or None. Shapes are kept (square windows).
+    """
+
+    def __init__(self, config: Mapping | str | Path | None = None, seed: int | None = None) -> None:
+        self.config = read_config(config)
+        self.compose = A.Compose(_transforms(self.config), additional_targets={"weight": "mask"}, strict=True)
+        self.reseed(seed if seed is not None else random.SystemRandom().randrange(2**32))
+
+    def reseed(self, seed: int) -> None:
+        """Restart every transform's random stream from ``seed`` (one shared stream)."""
+        self.compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+    def reach(self, size: int) -> int:
+        """See :func:`warp_reach`."""
+        return warp_reach(self.config, size)
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        if not self.config:
+            return image, mask, weight
+        data = {"image": image, "mask": mask}
+        if weight is not None:
+            data["weight"] = weight
+        out = self.compose(**data)
+        return out["image"], out["mask"], out.get("weight")
+
+
+def build_augmentation(config: Mapping | str | Path | None = None, seed: int | None = None) -> Augmentation:
+    """The pipeline for ``config`` (None: :data:`DEFAULT_AUGMENTATION`; ``"none"``: identity)."""
+    return Augmentation(config, seed)
+
+
+# --------------------------------------------------------------------------- seeding
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch in this process (do this before building DataLoaders)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a distinct, reproducible seed in each worker.
+
+    PyTorch gives worker ``i`` the seed ``base_seed + i`` (``base_seed`` drawn from the main
+    process's torch generator for each epoch); this seeds Python, numpy and the dataset's own
+    streams (``dataset.reseed(seed)`` when it has one) from it.
+    """
+    info = torch.utils.data.get_worker_info()
+    seed = info.seed % 2**32 if info is not None else torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    dataset = info.dataset if info is not None else None
+    if dataset is not None and hasattr(dataset, "reseed"):
+        dataset.reseed(seed)
