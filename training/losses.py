@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.data.dataset import IGNORE_INDEX
+from training.labels import IGNORE_INDEX
 
 #: Loss names :func:`build_loss` accepts.
 LOSSES = ("ce", "bce", "dice", "dice_ce")

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from training.data.dataset import IGNORE_INDEX
+from training.labels import IGNORE_INDEX
 
 #: The paper's border weight (w0) and its width in pixels (sigma).
 W0 = 10.0

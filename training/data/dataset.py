@@ -24,6 +24,7 @@ data and are not listed.
 
 Public API
 ----------
+* :data:`IGNORE_INDEX` (from :mod:`training.labels`) marks ignored target pixels.
 * :class:`LabelSpec` -- class names, the mask value of each class, the ignore value, foreground
   classes; ``encode(mask)`` turns mask values into int64 class indices (:data:`IGNORE_INDEX`).
 * :class:`SegmentationFolder` -- ``SegmentationFolder(images, masks, labels=None, ignore=None)``;
@@ -48,9 +49,8 @@ import numpy as np
 import yaml
 
 from training.images import DEFAULT_MAX_PIXELS, ImageError, channel_count, match_channels, read_image
+from training.labels import IGNORE_INDEX
 
-#: Class index of pixels that are neither trained nor scored (PyTorch's cross-entropy default).
-IGNORE_INDEX = -100
 #: File suffixes that are data; anything else in the folders (a README, classes.yaml) is not.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 #: Names looked for, in order, in the mask folder and then its parent.
