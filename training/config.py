@@ -30,10 +30,14 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the training and validation pairs are.
 
-    ``images``/``masks`` are folders paired by file stem. The validation set is either given as its
+    ``images``/``masks`` are folders paired by file stem (classes from a ``classes.yaml`` beside
+    the masks, see :mod:`training.data.dataset`). The validation set is either given as its
     own folders (``val_images``/``val_masks``), or picked from the training folders by stem with
     ``val`` (a list of stems or ranges such as ``"25-29"``); ``train`` likewise restricts the
-    training stems (default: every stem not used for validation).
+    training stems (default: every stem not used for validation). ``foreground_fraction`` of the
+    patches are centred on a foreground pixel (nnU-Net's oversampling). ``rand_class`` names the
+    class whose connected components the adapted Rand error compares (default for two classes:
+    class 1, ISBI's ``cell``).
     """
 
     images: str = ""
@@ -45,8 +49,8 @@ class DataConfig:
     classes: list[str] | None = None
     ignore_index: int | None = None
     normalization: Literal["image", "fixed"] = "image"
-    foreground_class: int | None = None
     foreground_fraction: float = 0.0
+    rand_class: str | None = None
 
 
 @dataclass
@@ -71,40 +75,24 @@ class ModelConfig:
 
 @dataclass
 class PatchConfig:
-    """Training samples: ``size`` is the *output* window in pixels (the input adds the model's
-    margin for valid padding); ``samples_per_epoch`` patches make one epoch."""
+    """Training samples: ``size`` is the network *input* window in pixels (a valid input size of
+    the model; for a valid-padded U-Net the output is smaller by twice the margin, e.g. 572 -> 388);
+    ``samples_per_epoch`` patches make one epoch."""
 
-    size: int = 256
+    size: int = 380
     batch_size: int = 4
     samples_per_epoch: int = 200
 
 
 @dataclass
-class AugmentConfig:
-    """Augmentation switches and strengths (see :mod:`training.data.augment`)."""
-
-    flips: bool = True
-    rotate90: bool = True
-    elastic: bool = True
-    elastic_sigma: float = 10.0
-    elastic_grid: int = 3
-    affine: bool = False
-    scale: float = 0.1
-    rotate: float = 15.0
-    brightness: float = 0.1
-    contrast: float = 0.1
-    gamma: float = 0.0
-    noise: float = 0.0
-    blur: float = 0.0
-
-
-@dataclass
 class LossConfig:
-    """``dice_ce`` (default), ``ce`` or ``dice``; ``weight_map`` uses the paper's border weights
-    (w0, sigma in pixels)."""
+    """``dice_ce`` (default), ``ce`` or ``dice``; ``weight_map`` weighs pixels with the paper's map:
+    class balancing ``class_weights`` (``balanced`` or ``none``) plus the border term (``w0``,
+    ``sigma`` in pixels)."""
 
     name: Literal["dice_ce", "ce", "dice"] = "dice_ce"
     weight_map: bool = True
+    class_weights: Literal["balanced", "none"] = "balanced"
     w0: float = 10.0
     sigma: float = 5.0
 
@@ -152,7 +140,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     patch: PatchConfig = field(default_factory=PatchConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: dict[str, Any] | str = field(default_factory=dict)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -187,6 +175,12 @@ class TrainConfig:
         for ok, key, problem in checks:
             if not ok:
                 raise ConfigError(f"{key}: {problem}")
+        from training.data.augment import read_config
+
+        try:
+            read_config(self.augment)
+        except ValueError as error:
+            raise ConfigError(f"augment: {error}") from None
         return self
 
 
@@ -268,6 +262,10 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return value
     if origin is list:
         items = value if isinstance(value, list) else [value]

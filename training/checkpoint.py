@@ -1,0 +1,94 @@
+"""Resumable training state beside the ``last`` bundle, without pickle.
+
+The model's weights live in the ``last.safetensors`` bundle itself. Everything else a resumed run
+needs to continue *exactly* is written next to it:
+
+* ``last.state.safetensors`` -- the optimizer's tensors (Adam moments, SGD momentum buffers,
+  step counters), flattened to ``optimizer/<param index>/<name>``;
+* ``last.state.json`` -- the optimizer's non-tensor state (param groups, learning rates), the
+  epoch and step counters, elapsed seconds, the early-stopping record and the metric history.
+
+Random state need not be saved: the trainer reseeds every random generator at the start of each
+epoch from ``(seed, epoch)`` (see :func:`training.trainer.epoch_seed`), so a run resumed at an
+epoch boundary draws the same patches and augmentations as an uninterrupted one.
+
+Both files are written to temporary names and renamed, the JSON last, so a crash leaves either
+the previous complete state or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+#: Separator in flattened optimizer tensor names.
+SEP = "/"
+STATE_SUFFIX = ".state.safetensors"
+JSON_SUFFIX = ".state.json"
+
+
+class CheckpointError(ValueError):
+    """Missing or inconsistent resume state; the message names the file."""
+
+
+def state_paths(bundle: Path) -> tuple[Path, Path]:
+    """``(tensor file, json file)`` beside a bundle ``.../last.safetensors``."""
+    stem = bundle.with_suffix("")
+    return stem.with_name(stem.name + STATE_SUFFIX), stem.with_name(stem.name + JSON_SUFFIX)
+
+
+def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer ``state_dict()`` -> (tensors by flat name, JSON-able rest)."""
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for index, entries in state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer{SEP}{index}{SEP}{name}"] = value.detach().to("cpu").contiguous()
+            else:
+                plain.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "plain_state": plain}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten_optimizer`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(SEP, 2)
+        state.setdefault(int(index), {})[name] = value
+    for index, entries in data["plain_state"].items():
+        state.setdefault(int(index), {}).update(entries)
+    return {"state": state, "param_groups": data["param_groups"]}
+
+
+def save_state(bundle: Path, optimizer: torch.optim.Optimizer, record: dict[str, Any]) -> None:
+    """Write the optimizer state and ``record`` (JSON-able) beside ``bundle``, atomically."""
+    tensor_path, json_path = state_paths(bundle)
+    tensors, plain = flatten_optimizer(optimizer.state_dict())
+    temporary = tensor_path.with_name(tensor_path.name + ".tmp")
+    save_file(tensors, str(temporary))
+    os.replace(temporary, tensor_path)
+    document = {"optimizer": plain, **record}
+    temporary = json_path.with_name(json_path.name + ".tmp")
+    temporary.write_text(json.dumps(document, indent=1))
+    os.replace(temporary, json_path)
+
+
+def load_state(bundle: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(optimizer state_dict, record)`` saved by :func:`save_state` beside ``bundle``."""
+    tensor_path, json_path = state_paths(bundle)
+    for path in (bundle, tensor_path, json_path):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing, cannot resume (train without --resume to start over)")
+    try:
+        document = json.loads(json_path.read_text())
+        tensors = load_file(str(tensor_path))
+        optimizer = unflatten_optimizer(tensors, document.pop("optimizer"))
+    except (ValueError, KeyError, OSError) as error:
+        raise CheckpointError(f"{json_path}: unreadable resume state ({error})") from None
+    return optimizer, document
