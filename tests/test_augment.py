@@ -1,0 +1,154 @@
+"""Augmentation: mirrored borders, label sets kept, the paper's grid warp, configuration, and seeding
+of DataLoader workers (albumentations 2.0.8 gives every worker the same random state)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from training.data import isbi2012
+from training.data.augment import (
+    DEFAULT_AUGMENTATION,
+    GridElastic,
+    build_augmentation,
+    grid_displacement,
+    read_config,
+    warp_reach,
+    worker_init_fn,
+)
+from training.data.patches import PatchDataset
+from training.geometry import TileGeometry
+
+STRONG_WARPS = {
+    "affine": {"p": 1.0, "scale": [0.5, 0.6], "rotate": [40, 50]},
+    "elastic": {"p": 1.0, "sigma": 25.0},
+    "flip": {"p": 1.0},
+    "rotate90": {"p": 1.0},
+}
+GEOMETRY_ONLY = {name: False for name in ("brightness", "contrast", "gamma", "noise", "blur")}
+
+
+def test_borders_are_mirrored_not_constant():
+    """A flat image stays flat under any warp only if the border is mirrored, not filled with 0."""
+    aug = build_augmentation({**STRONG_WARPS, **GEOMETRY_ONLY}, seed=0)
+    image = np.full((64, 48), 0.7, np.float32)
+    mask = np.full((64, 48), 3, np.uint8)
+    weight = np.full((64, 48), 2.5, np.float32)
+    for _ in range(5):
+        out_image, out_mask, out_weight = aug(image, mask, weight)
+        np.testing.assert_allclose(out_image, 0.7, atol=1e-6)
+        assert (out_mask == 3).all() and (out_weight == 2.5).all()
+
+
+def test_mask_and_weights_stay_in_their_value_sets():
+    rng = np.random.default_rng(0)
+    aug = build_augmentation(STRONG_WARPS, seed=1)
+    mask = rng.choice(np.array([0, 3, 7], np.uint8), size=(60, 60))
+    weight = rng.choice(np.array([0.0, 1.5, 11.0], np.float32), size=(60, 60))
+    image = rng.random((60, 60)).astype(np.float32)
+    for _ in range(5):
+        out_image, out_mask, out_weight = aug(image, mask, weight)
+        assert set(np.unique(out_mask)) <= {0, 3, 7}
+        assert set(np.unique(out_weight)) <= {0.0, 1.5, 11.0}
+        assert out_image.dtype == np.float32 and out_mask.dtype == np.uint8
+        assert 0.0 <= out_image.min() and out_image.max() <= 1.0
+
+
+def test_labels_move_with_the_image():
+    """Geometry applies jointly: where the image is bright the warped mask is 1."""
+    image = np.zeros((80, 80), np.float32)
+    image[20:50, 30:60] = 1.0
+    mask = (image > 0).astype(np.uint8)
+    aug = build_augmentation({**STRONG_WARPS, **GEOMETRY_ONLY}, seed=2)
+    for _ in range(4):
+        out_image, out_mask, _ = aug(image, mask, None)
+        assert out_mask.any()
+        np.testing.assert_array_equal(out_mask[out_image > 0.99], 1)
+        np.testing.assert_array_equal(out_mask[out_image < 0.01], 0)
+
+
+def test_fixed_seed_reproduces_and_seeds_differ():
+    image = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    mask = (image > 0.5).astype(np.uint8)
+    first = [build_augmentation(seed=5)(image, mask)[0] for _ in range(1)][0]
+    again = build_augmentation(seed=5)(image, mask)[0]
+    other = build_augmentation(seed=6)(image, mask)[0]
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_grid_warp_interpolates_the_coarse_grid_exactly():
+    coarse = np.arange(18, dtype=np.float64).reshape(3, 3, 2) - 9
+    dy, dx = grid_displacement((41, 61), coarse)
+    for (gy, gx), (y, x) in {(0, 0): (0, 0), (1, 1): (20, 30), (2, 2): (40, 60), (0, 2): (0, 60)}.items():
+        assert dy[y, x] == pytest.approx(coarse[gy, gx, 0], abs=1e-4)
+        assert dx[y, x] == pytest.approx(coarse[gy, gx, 1], abs=1e-4)
+    # smooth: neighbouring displacements differ by far less than the node spacing's change
+    assert np.abs(np.diff(dx, axis=1)).max() < 1.0
+
+
+def test_grid_warp_displacements_have_sigma_10_at_the_nodes():
+    warp = GridElastic(grid=3, sigma=10.0, p=1.0)
+    warp.set_random_seed(0)
+    shifts = []
+    for _ in range(400):
+        maps = warp.get_params_dependent_on_data({"shape": (21, 21)}, {})
+        shifts.append([maps["map_x"][10, 10] - 10, maps["map_y"][0, 20] - 0])
+    assert np.std(shifts, axis=0) == pytest.approx([10.0, 10.0], rel=0.12)
+
+
+def test_config_merging_and_errors(tmp_path):
+    config = read_config({"elastic": {"sigma": 4}, "noise": False})
+    assert config["elastic"] == {"p": 0.5, "grid": 3, "sigma": 4}
+    assert "noise" not in config and set(config) == set(DEFAULT_AUGMENTATION) - {"noise"}
+    assert read_config("none") == {}
+    path = tmp_path / "aug.yaml"
+    path.write_text("flip: {p: 0.9}\nblur: false\n")
+    assert read_config(path)["flip"] == {"p": 0.9} and "blur" not in read_config(str(path))
+    assert read_config({"gamma": {"p": 0}}).get("gamma") is None
+    with pytest.raises(ValueError, match="unknown augmentation 'zoom'"):
+        read_config({"zoom": {}})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['alpha'\]"):
+        read_config({"elastic": {"alpha": 3}})
+    with pytest.raises(ValueError, match="runs backwards"):
+        build_augmentation({"affine": {"rotate": [10, -10]}})
+    image = np.zeros((8, 8), np.float32)
+    assert build_augmentation("none")(image, image.astype(np.uint8))[0] is image
+
+
+def test_warp_reach_by_hand():
+    assert warp_reach({}, 100) == 0
+    assert warp_reach({"elastic": {"sigma": 10.0}}, 100) == 30
+    # 45 degrees at scale 1: corners reach 50 * (sqrt 2 - 1) = 20.7 px further
+    assert warp_reach({"affine": {"scale": [1, 1], "rotate": [45, 45]}}, 100) == 21
+
+
+def _isbi_patches(seed: int = 0) -> PatchDataset:
+    example = isbi2012().select([0]).load_all()
+    return PatchDataset(example, TileGeometry("valid", 2), input_size=60, num_classes=2,
+                        augmentation=build_augmentation(seed=seed), samples_per_epoch=4, seed=seed)
+
+
+def _batches(dataset: PatchDataset, seed: int, init=worker_init_fn) -> list[torch.Tensor]:
+    torch.manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_init_fn=init, multiprocessing_context="fork")
+    return [batch[0] for batch in loader]
+
+
+def test_workers_differ_and_a_fixed_seed_reproduces_a_run():
+    dataset = _isbi_patches()
+    run = _batches(dataset, seed=7)
+    # items 0, 2 come from worker 0, items 1, 3 from worker 1
+    assert not torch.equal(run[0], run[1]) and not torch.equal(run[2], run[3])
+    again = _batches(dataset, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(run, again))
+    other = _batches(dataset, seed=8)
+    assert not torch.equal(run[0], other[0])
+
+
+def test_without_worker_seeding_workers_repeat_each_other():
+    """The upstream behaviour the worker_init_fn exists for (albumentations 2.0.8)."""
+    run = _batches(_isbi_patches(), seed=7, init=None)
+    assert torch.equal(run[0], run[1]) and torch.equal(run[2], run[3])
