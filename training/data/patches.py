@@ -224,8 +224,10 @@ class PatchDataset(torch.utils.data.Dataset):
         pixels = pixels[reach : side - reach, reach : side - reach]
         inner = slice(grow, grow + self.output_size)
         codes, weight = codes[inner, inner], weight[inner, inner]
-        target = np.where(codes == self.ignore_code, IGNORE_INDEX, codes).astype(np.int64)
-        weight = np.where(codes == self.ignore_code, 0.0, weight).astype(np.float32)
+        ignored = codes == self.ignore_code
+        target = codes.astype(np.int64)
+        target[ignored] = IGNORE_INDEX
+        weight = np.where(ignored, np.float32(0), weight).astype(np.float32)
         network_input = Normalization.apply(pixels, image.mean, image.std)
         return torch.from_numpy(network_input), torch.from_numpy(target), torch.from_numpy(weight)
 
