@@ -171,3 +171,15 @@ def test_weight_config_and_bad_arguments(isbi_example):
         PatchDataset([isbi_example], VALID, 61, 2)
     with pytest.raises(ValueError, match="no examples"):
         PatchDataset([], SAME, 32, 2)
+
+
+def test_float_images_outside_unit_range_keep_their_normalised_values():
+    rng = np.random.default_rng(0)
+    image = (rng.random((40, 40)) * 3000 - 500).astype(np.float32)
+    data = PatchDataset([Example("f", image, np.zeros((40, 40), np.int64))], SAME, 16, 2, weights=UNIFORM_WEIGHTS)
+    stored = data.images[0].pixels
+    assert stored.min() == 0.0 and stored.max() == pytest.approx(1.0)
+    network_input = data.sample(data.images[0], 5, 7)[0][0].numpy()
+    mean, std = image_statistics(image)
+    expected = (image[5:21, 7:23] - mean[0]) / std[0]
+    np.testing.assert_allclose(network_input, expected, rtol=1e-4, atol=1e-4)

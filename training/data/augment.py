@@ -291,10 +291,11 @@ def worker_init_fn(worker_id: int) -> None:
 
     PyTorch gives worker ``i`` the seed ``base_seed + i`` (``base_seed`` drawn from the main
     process's torch generator for each epoch); this seeds Python, numpy and the dataset's own
-    streams (``dataset.reseed(seed)`` when it has one) from it.
+    streams (``dataset.reseed(seed)`` when it has one) from it, and keeps OpenCV to one thread.
     """
     info = torch.utils.data.get_worker_info()
     seed = info.seed % 2**32 if info is not None else torch.initial_seed() % 2**32
+    cv2.setNumThreads(1)  # workers are the parallelism; OpenCV's own threads would oversubscribe
     random.seed(seed)
     np.random.seed(seed)
     dataset = info.dataset if info is not None else None

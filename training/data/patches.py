@@ -20,7 +20,9 @@ Pipeline per sample (all randomness from the dataset's own generator, see :meth:
    :meth:`~training.data.augment.Augmentation.reach`, all through ``mirror_window``;
 3. augment the three jointly, crop the reach off again (no artefacts from the warps' own borders);
 4. normalise with the image's statistics, computed once per image at construction (never per
-   patch) by :class:`training.normalization.Normalization`.
+   patch) by :class:`training.normalization.Normalization`. (Float images whose values leave
+   [0, 1] are stored mapped into it, statistics mapped alike: the input is the same, and
+   intensity augmentations, which clip to [0, 1], see the whole range.)
 
 Items: ``(input, target, weight)`` = float32 ``(C, Hin, Win)``, int64 ``(Hout, Wout)`` (class
 indices, :data:`~training.data.dataset.IGNORE_INDEX` where ignored), float32 ``(Hout, Wout)``
@@ -181,7 +183,8 @@ class PatchDataset(torch.utils.data.Dataset):
         flat = np.flatnonzero(np.isin(target, foreground))
         if flat.size > MAX_FOREGROUND_PIXELS:
             flat = np.sort(generator.choice(flat, MAX_FOREGROUND_PIXELS, replace=False))
-        return _Prepared(example.name, scale_to_unit(example.image), codes, weight, mean, std, flat)
+        pixels, mean, std = _unit_range(scale_to_unit(example.image), mean, std)
+        return _Prepared(example.name, pixels, codes, weight, mean, std, flat)
 
     # ----------------------------------------------------------------- sampling
     def reseed(self, seed: int) -> None:
@@ -237,6 +240,17 @@ class PatchDataset(torch.utils.data.Dataset):
         image = self.images[int(self.rng.integers(len(self.images)))]
         y0, x0 = self.window_start(image)
         return self.sample(image, y0, x0)
+
+
+def _unit_range(pixels: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Float images outside [0, 1] (intensity augmentations clip there) mapped affinely into it,
+    with the statistics mapped alike so the network input is unchanged."""
+    low, high = float(pixels.min()), float(pixels.max())
+    if low >= 0.0 and high <= 1.0:
+        return pixels, mean, std
+    span = max(high - low, np.finfo(np.float32).tiny)
+    unit = ((pixels - np.float32(low)) / np.float32(span)).astype(np.float32)
+    return unit, (np.asarray(mean) - low) / span, np.asarray(std) / span
 
 
 def _outside_mask(shape: tuple[int, int], y0: int, x0: int, side: int) -> np.ndarray:
