@@ -11,28 +11,14 @@ from scipy import ndimage
 
 from training.data import IGNORE_INDEX, isbi2012
 from training.weightmap import (
-    CUTOFF_SIGMAS,
-    SIGMA,
     W0,
     border_weights,
+    border_weights_whole_image,
     class_balance_weights,
     exact_distance,
     object_instances,
     unet_weight_map,
 )
-
-
-def reference_border_weights(instances: np.ndarray, w0: float = W0, sigma: float = SIGMA) -> np.ndarray:
-    """Whole-image distance maps for every object, two smallest per pixel, the same truncation."""
-    labels = [k for k in np.unique(instances) if k > 0]
-    distances = np.stack([ndimage.distance_transform_edt(instances != k) for k in labels])
-    if len(labels) < 2:
-        distances = np.concatenate([distances, np.full((2 - len(labels),) + instances.shape, np.inf)])
-    two = np.sort(distances, axis=0)[:2]
-    total = two[0] + two[1]
-    term = w0 * np.exp(-(total**2) / (2 * sigma**2))
-    term[(total > CUTOFF_SIGMAS * sigma) | (instances > 0)] = 0
-    return term
 
 
 def two_squares(gap: int) -> np.ndarray:
@@ -90,7 +76,14 @@ def test_per_bbox_equals_whole_image_reference_on_isbi():
     target = isbi2012().load(7).target[:192, :256]
     instances = object_instances(target, [1])
     assert instances.max() > 10
-    np.testing.assert_allclose(border_weights(instances), reference_border_weights(instances), atol=1e-4)
+    np.testing.assert_allclose(border_weights(instances), border_weights_whole_image(instances), atol=1e-4)
+
+
+def test_whole_image_reference_by_hand():
+    target = two_squares(gap=7)
+    term = border_weights_whole_image(object_instances(target, [1]))
+    assert term[14, 18] == pytest.approx(10 * math.exp(-64 / 50), rel=1e-6)
+    assert term[0, 0] == 0 and term[12, 8] == 0
 
 
 def test_per_bbox_equals_reference_on_random_blobs():
@@ -98,7 +91,7 @@ def test_per_bbox_equals_reference_on_random_blobs():
     blobs = ndimage.gaussian_filter(rng.random((70, 90)), 2) > 0.52
     instances, _ = ndimage.label(blobs)
     assert instances.max() >= 5
-    np.testing.assert_allclose(border_weights(instances), reference_border_weights(instances), atol=1e-4)
+    np.testing.assert_allclose(border_weights(instances), border_weights_whole_image(instances), atol=1e-4)
 
 
 def test_isbi_slice_weight_range():

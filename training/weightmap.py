@@ -18,7 +18,8 @@
 * Ignored pixels (:data:`training.data.dataset.IGNORE_INDEX`) weigh 0.
 
 Public API: :func:`unet_weight_map` (the whole map), :func:`class_balance_weights`,
-:func:`object_instances`, :func:`border_weights`; constants :data:`W0`, :data:`SIGMA`.
+:func:`object_instances`, :func:`border_weights` (and its slow reference
+:func:`border_weights_whole_image`); constants :data:`W0`, :data:`SIGMA`.
 """
 
 from __future__ import annotations
@@ -90,6 +91,16 @@ def border_weights(instances: np.ndarray, w0: float = W0, sigma: float = SIGMA) 
         np.minimum(d2, np.maximum(d1, distance), out=d2)
         np.minimum(d1, distance, out=d1)
     return truncated_border_term(nearest, second, instances > 0, w0, sigma)
+
+
+def border_weights_whole_image(instances: np.ndarray, w0: float = W0, sigma: float = SIGMA) -> np.ndarray:
+    """:func:`border_weights` computed the slow, obvious way -- one whole-image distance map per
+    object, the two smallest per pixel -- as the reference for tests and the benchmark."""
+    labels = [k for k in np.unique(instances) if k > 0]
+    distances = [ndimage.distance_transform_edt(instances != k).astype(np.float32) for k in labels]
+    distances += [np.full(instances.shape, np.inf, np.float32)] * max(0, 2 - len(labels))
+    two = np.sort(np.stack(distances), axis=0)[:2]
+    return truncated_border_term(two[0], two[1], instances > 0, w0, sigma)
 
 
 def exact_distance(outside: np.ndarray) -> np.ndarray:
