@@ -12,7 +12,8 @@ from training.device import BatchRunner, resolve_device
 from training.images import ImageError
 from training.models import build_model
 from training.normalization import Normalization
-from training.predictor import Predictor, encode_probabilities
+from training.predictor import Predictor
+from training.writers import encode_probabilities
 
 RGB_UNET = {**TINY_UNET, "in_channels": 3, "num_classes": 3, "depth": 3}
 ONE_CLASS = {**TINY_UNET, "num_classes": 1}

@@ -41,7 +41,9 @@ from training.geometry import TileGeometry
 from training.images import ImageError, channel_count
 from training.mirror import ArrayLike2D, mirror_window
 from training.normalization import Normalization
+from training.readers import fit_channels
 from training.tiling import Box, Tile, TileGrid, check_region
+from training.writers import ArraySink, Sink, as_sink, encode_probabilities, label_dtype
 
 #: Tiles per forward pass when the caller does not say (CPU and GPU).
 DEFAULT_BATCH = {"cpu": 2, "cuda": 8}
@@ -69,52 +71,6 @@ class Prediction:
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
-
-
-class Sink:
-    """Where streamed output goes: ``write(box, block)`` stores a block at ``box`` (y0, y1, x0, x1)
-    of the image; probability blocks are ``(K, h, w)``. :mod:`training.writers` has file sinks."""
-
-    def write(self, box: Box, block: np.ndarray) -> None:  # pragma: no cover - protocol
-        raise NotImplementedError
-
-
-class ArraySink(Sink):
-    """A sink over anything with numpy slice assignment (numpy, zarr, a memory map), optionally
-    shifted by ``origin`` (for region outputs)."""
-
-    def __init__(self, array, origin: tuple[int, int] = (0, 0)) -> None:
-        self.array = array
-        self.origin = origin
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.array.dtype)
-
-    def write(self, box: Box, block: np.ndarray) -> None:
-        y0, y1, x0, x1 = box
-        oy, ox = self.origin
-        self.array[..., y0 - oy : y1 - oy, x0 - ox : x1 - ox] = block
-
-
-def as_sink(target) -> Sink | None:
-    """``target`` if it is a :class:`Sink`, else an :class:`ArraySink` over it (``None`` stays)."""
-    if target is None or isinstance(target, Sink) or hasattr(target, "write"):
-        return target
-    return ArraySink(target)
-
-
-def label_dtype(classes: int) -> np.dtype:
-    """uint8 class indices up to 256 classes, uint16 above."""
-    return np.dtype(np.uint8 if classes <= 256 else np.uint16)
-
-
-def encode_probabilities(probabilities: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Probabilities in [0, 1] as stored: uint8 quantised (``round(255 p)``), or a float type."""
-    dtype = np.dtype(dtype)
-    if dtype == np.uint8:
-        return np.rint(probabilities * 255.0).astype(np.uint8)
-    return probabilities.astype(dtype)
 
 
 class Predictor:
@@ -230,12 +186,13 @@ class Predictor:
     ) -> None:
         """Stream a (possibly lazy, larger than memory) image into sinks, tile by tile.
 
-        ``labels`` / ``probabilities`` are :class:`Sink` objects (:mod:`training.writers`) or
+        ``labels`` / ``probabilities`` are :class:`~training.writers.Sink` objects or
         arrays with slice assignment of shape ``(H, W)`` / ``(K, H, W)``; a uint8 probability
         sink receives ``round(255 p)``, a float sink the value. Either may be ``None``.
         """
         if labels is None and probabilities is None:
             raise ValueError("predict_to needs a labels or a probabilities sink")
+        source = fit_channels(source, self.info.in_channels)
         self._check_source(source)
         height, width = source.shape[:2]
         self._stream(
@@ -357,7 +314,7 @@ class Predictor:
         height, width = source.shape[:2]
         grid = self.grid(height, width)
         total = sum(1 for _ in grid.tiles(region))
-        prob_dtype = getattr(probabilities, "dtype", np.float32) if probabilities is not None else None
+        prob_dtype = probabilities.dtype if probabilities is not None else None
         done = 0
         for tiles, windows in self._batches(source, grid, region, stats):
             out = self._runner(torch.from_numpy(windows)).numpy()

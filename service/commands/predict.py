@@ -1,0 +1,160 @@
+"""``tessera predict``: segment one image of any size with exact overlap-tile inference.
+
+The input is read lazily when it is a TIFF/BigTIFF or a zarr array (images larger than memory
+work), decoded in memory otherwise (PNG, JPEG, BMP). The label map is written tile by tile to the
+output, whose suffix chooses the format: .png (small images), .tif (tiled BigTIFF), .zarr (zarr v3,
+chunks on the tile grid) or .npy. Labels are class indices (uint8; uint16 above 256 classes).
+Outputs appear only when complete (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training.bundle import DEFAULT_BUNDLE
+from training.device import set_cpu_threads
+from training.images import DEFAULT_MAX_PIXELS
+from training.overlay import save_overlay
+from training.predictor import TTA_MODES, Predictor
+from training.readers import fit_channels, open_image
+from training.writers import PNG_MAX_PIXELS, PROBABILITY_DTYPES, TeeSink, ArraySink, label_dtype, open_sink
+
+EXAMPLES = """\
+examples:
+  tessera predict default slice.png -o mask.png
+        the shipped model ('-' works too); mask.png holds class indices 0, 1, ...
+  tessera predict model.safetensors slide.tif -o labels.zarr --probabilities probs.zarr
+        a large TIFF read lazily, labels and uint8 probabilities (round(255 p)) as zarr v3
+  tessera predict model.safetensors image.png -o mask.png --overlay check.png --tta
+        average the 8 flips/rotations, and draw the labels over the image
+  tessera predict model.safetensors big.tif -o labels.tif --tile auto --batch-size 4
+        measure the fastest tile size first; write a tiled BigTIFF
+  tessera predict - huge.tif -o out.zarr --max-pixels 10000000000 --device cuda
+"""
+
+#: Bundle arguments meaning "the shipped default model".
+DEFAULT_NAMES = ("-", "default")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment an image of any size (exact tiled inference)",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("bundle", help=f"model bundle (.safetensors), or '-' / 'default' for the shipped {DEFAULT_BUNDLE.name}")
+    parser.add_argument("input", help="image: PNG, JPEG, TIFF/BigTIFF (lazy), zarr (lazy)")
+    parser.add_argument("-o", "--output", required=True, help="label map: .png, .tif, .zarr or .npy")
+    parser.add_argument(
+        "--probabilities", nargs="?", const="", metavar="PATH",
+        help="also write per-class probabilities (K, H, W) to PATH (.tif, .zarr, .npy; default: next to the output)",
+    )
+    parser.add_argument("--probability-dtype", choices=tuple(PROBABILITY_DTYPES), default="uint8",
+                        help="uint8 = round(255 p) (default), or float16 / float32")
+    parser.add_argument("--overlay", metavar="PNG", help="also write the labels drawn over the image (small images)")
+    parser.add_argument("--tile", default=None, help="tile input size in pixels, or 'auto' to measure (default: the bundle's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (halved on out-of-memory)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--tta", nargs="?", const="d4", default="none", choices=tuple(TTA_MODES),
+                        help="test-time augmentation: flips (4) or d4 (8 flips/rotations; the default when given)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def probability_path(args: argparse.Namespace) -> Path | None:
+    """Where probabilities go: the given path, or the output's name with '.probabilities'."""
+    if args.probabilities is None:
+        return None
+    if args.probabilities:
+        return Path(args.probabilities)
+    output = Path(args.output)
+    suffix = ".tif" if output.suffix.lower() == ".png" else output.suffix
+    return output.with_name(f"{output.stem}.probabilities{suffix}")
+
+
+def parse_tile(text: str | None) -> int | str | None:
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--tile must be a number of pixels or 'auto', not {text!r}") from None
+
+
+def progress_bar(total: int, enabled: bool):
+    """A rich progress bar on stderr (or nothing), and the callback the predictor calls."""
+    if not enabled:
+        return contextlib.nullcontext(), None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True,
+    )
+    task = bar.add_task("tiles", total=total)
+    return bar, lambda done, _total: bar.update(task, completed=done)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    if args.threads:
+        set_cpu_threads(args.threads)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
+    bundle = None if args.bundle in DEFAULT_NAMES else args.bundle
+    source = open_image(args.input, max_pixels=args.max_pixels)
+    predictor = Predictor(bundle, device=args.device, tile=parse_tile(args.tile), batch_size=args.batch_size, tta=args.tta)
+    source = fit_channels(source, predictor.info.in_channels)
+    height, width = source.shape[:2]
+    if args.overlay and height * width > PNG_MAX_PIXELS:
+        raise ValueError(f"--overlay is for images up to {PNG_MAX_PIXELS:,} pixels; this one has {height * width:,}")
+    grid = predictor.grid(height, width)
+    classes = predictor.num_classes
+    attributes = {"classes": predictor.info.classes, "source": str(args.input)}
+    probabilities = probability_path(args)
+    shown = not args.quiet and len(grid) > 1 and sys.stderr.isatty()
+    bar, callback = progress_bar(len(grid), shown)
+    with contextlib.ExitStack() as stack:
+        labels = stack.enter_context(
+            open_sink(args.output, (height, width), label_dtype(classes), (grid.step_h, grid.step_w), {**attributes, "values": "class index"})
+        )
+        drawn = np.zeros((height, width), labels.dtype) if args.overlay else None
+        if drawn is not None:
+            labels = TeeSink(labels, ArraySink(drawn))
+        probability_sink = None
+        if probabilities is not None:
+            probability_sink = stack.enter_context(
+                open_sink(probabilities, (classes, height, width), PROBABILITY_DTYPES[args.probability_dtype],
+                          (grid.step_h, grid.step_w), {**attributes, "values": f"probability as {args.probability_dtype}",
+                                                       "scale": 1 / 255 if args.probability_dtype == "uint8" else 1.0})
+            )
+        with bar:
+            predictor.predict_to(source, labels=labels, probabilities=probability_sink, progress=callback)
+    if drawn is not None:
+        save_overlay(args.overlay, np.asarray(source[0:height, 0:width]), drawn)
+    summary = {
+        "output": str(args.output),
+        "probabilities": str(probabilities) if probabilities else None,
+        "overlay": args.overlay,
+        "size": [height, width],
+        "classes": predictor.info.classes,
+        "tile": [grid.tile_h, grid.tile_w],
+        "tiles": len(grid),
+        "device": str(predictor.device),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    print(json.dumps(summary))
+    return 0
