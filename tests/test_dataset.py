@@ -156,3 +156,10 @@ def test_bad_class_files(tmp_path):
     (tmp_path / "d.yaml").write_text("0: only\n")
     with pytest.raises(DatasetError, match="at least 2 classes"):
         LabelSpec.read(tmp_path / "d.yaml")
+
+
+def test_ambiguous_mask_values_ask_for_a_classes_file(tmp_path):
+    write_pair(tmp_path, "a", np.zeros((2, 2), np.uint8), np.array([[0, 1], [2, 255]], np.uint8))
+    with pytest.raises(DatasetError, match=r"values \[0, 1, 2, 255\].*add a classes.yaml"):
+        folder(tmp_path)
+    assert folder(tmp_path, ignore=255).classes == ("class_0", "class_1", "class_2")

@@ -17,7 +17,7 @@ name            options (defaults in :data:`DEFAULT_AUGMENTATION`)
 ``elastic``     ``p``, ``grid``, ``sigma``: the U-Net paper's deformation -- displacements on a
                 coarse ``grid x grid`` (3 x 3) grid drawn from N(0, sigma = 10 px), bicubic
                 (cubic spline) interpolated to every pixel (:class:`GridElastic`)
-``affine``      ``p``, ``scale`` [lo, hi], ``rotate`` [lo, hi] degrees
+``affine``      ``p``, ``scale`` [lo, hi] (isotropic), ``rotate`` [lo, hi] degrees
 ``brightness``  ``p``, ``limit``: add U(-limit, limit) (images are scaled to [0, 1])
 ``contrast``    ``p``, ``limit``: multiply the contrast by 1 + U(-limit, limit)
 ``gamma``       ``p``, ``range`` [lo, hi]: x ** gamma
@@ -199,6 +199,7 @@ def _transforms(config: dict[str, dict[str, Any]]) -> list[A.BasicTransform]:
             A.Affine(
                 scale=_pair(c["affine"]["scale"], "scale"),
                 rotate=_pair(c["affine"]["rotate"], "rotate"),
+                keep_ratio=True,
                 interpolation=cv2.INTER_LINEAR,
                 mask_interpolation=cv2.INTER_NEAREST,
                 border_mode=BORDER,

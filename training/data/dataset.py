@@ -14,8 +14,9 @@ Layout::
     foreground: [membrane]               # optional: classes foreground oversampling centres on
 
 Without a classes file the masks' values are read: values within {0, 255} or {0, 1} are a binary
-mask (``background``, ``foreground``); otherwise value ``v`` is class index ``v`` (``class_0`` ...),
-up to the largest value found. Classes may also be passed explicitly (:class:`LabelSpec`).
+mask (``background``, ``foreground``); values 0..K-1 (all present) are class indices (``class_0``
+...); anything else (0/1 and 0/255 mixed, gaps such as VOC's 255 border) is an error asking for a
+classes file rather than a guess. Classes may also be passed explicitly (:class:`LabelSpec`).
 
 Bad data stops with a :class:`DatasetError` naming the file: an image without a mask or a mask
 without an image, a size mismatch, a mask value that is no class, an unreadable file. Nothing is
@@ -211,7 +212,10 @@ def parse_selection(text: str) -> list[int]:
         part = part.strip()
         match = re.fullmatch(r"(\d+)\s*-\s*(\d+)|(\d+)", part)
         if not match:
-            raise DatasetError(f"cannot read selection {text!r}: use positions like '0-24,27'")
+            raise DatasetError(
+                f"cannot read selection {text!r}: use positions like '0-24,27', stems, or a file "
+                f"listing one stem per line"
+            )
         if match.group(3) is not None:
             indices.append(int(match.group(3)))
         else:
@@ -274,8 +278,15 @@ class SegmentationFolder:
         if values <= {0, 255} or values <= {0, 1}:
             top = 255 if 255 in values else 1
             return LabelSpec(BINARY_CLASSES, (0, top), ignore)
-        top = max(values)
-        kept = [v for v in range(top + 1) if v != ignore]
+        kept = [v for v in range(max(values) + 1) if v != ignore]
+        if values != set(kept):
+            missing = sorted(set(kept) - values)
+            raise DatasetError(
+                f"{self.masks_dir}: masks hold the values {sorted(values)[:12]}, which are neither binary "
+                f"(0/1 or 0/255) nor class indices 0..K-1 (missing {missing[:8]}): add a classes.yaml "
+                f"mapping each mask value to a class name (with 'ignore: V' for a value marking "
+                f"unlabelled pixels)"
+            )
         return LabelSpec(tuple(f"class_{v}" for v in kept), tuple(kept), ignore)
 
     # ----------------------------------------------------------------- access

@@ -150,6 +150,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.num_classes = num_classes
         self.normalization = normalization
         self.augmentation = augmentation
+        self.reach = augmentation.reach(input_size) if augmentation is not None else 0
         self.foreground_share = foreground_share
         self.ignore_code = np.iinfo(np.uint8 if num_classes < 255 else np.uint16).max
         foreground = tuple(range(1, num_classes)) if foreground_classes is None else tuple(foreground_classes)
@@ -213,7 +214,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def sample(self, image: _Prepared, y0: int, x0: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The training triple for the output window at ``(y0, x0)`` of ``image``."""
-        reach = self.augmentation.reach(self.input_size) if self.augmentation is not None else 0
+        reach = self.reach
         grow = self.context + reach
         y_read, x_read = y0 - grow, x0 - grow
         side = self.output_size + 2 * grow
