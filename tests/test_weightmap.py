@@ -40,6 +40,9 @@ def test_pixel_between_two_objects_by_hand():
     assert w[12, 8] == pytest.approx(0.5)  # inside an object: w_c only
     # far away (row 0, column 0): d1 + d2 > 20 -> truncated to w_c
     assert w[0, 0] == pytest.approx(2.0)
+    ignored = target.copy()
+    ignored[14, 18] = IGNORE_INDEX
+    assert unet_weight_map(ignored, weights)[14, 18] == 0.0
 
 
 def test_single_object_has_no_border_term():
