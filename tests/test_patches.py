@@ -183,3 +183,17 @@ def test_float_images_outside_unit_range_keep_their_normalised_values():
     mean, std = image_statistics(image)
     expected = (image[5:21, 7:23] - mean[0]) / std[0]
     np.testing.assert_allclose(network_input, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_rgb_and_16_bit_images_through_the_augmented_pipeline():
+    rng = np.random.default_rng(2)
+    rgb = Example("rgb", rng.integers(0, 255, (70, 90, 3), dtype=np.uint8), rng.integers(0, 3, (70, 90)))
+    deep = Example("deep", rng.integers(0, 65535, (50, 40, 3), dtype=np.uint16), rng.integers(0, 3, (50, 40)))
+    data = PatchDataset([rgb, deep], VALID, VALID.min_input + 4, 3, augmentation=build_augmentation(seed=1),
+                        samples_per_epoch=6)
+    side, out = data.input_size, data.output_size
+    for index in range(len(data)):
+        network_input, target, weight = data[index]
+        assert network_input.shape == (3, side, side) and np.isfinite(network_input.numpy()).all()
+        assert target.shape == (out, out) and set(np.unique(target.numpy())) <= {0, 1, 2, IGNORE_INDEX}
+        assert (weight.numpy()[target.numpy() == IGNORE_INDEX] == 0).all()
