@@ -115,6 +115,10 @@ def test_dockerignore_sends_the_image_its_files_and_keeps_the_rest_out():
     assert [p for p in kept_out if not dockerignore_excludes(p, patterns)] == []
 
 
+def test_saved_bundles_are_readable_by_a_container_running_under_another_uid(tiny_bundle):
+    assert tiny_bundle.stat().st_mode & 0o777 == 0o644
+
+
 def bentofile() -> dict:
     return yaml.safe_load(BENTOFILE.read_text())
 

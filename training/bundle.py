@@ -38,6 +38,9 @@ FORMAT = "tessera-bundle"
 VERSION = 1
 METADATA_KEY = "tessera"
 SUFFIX = ".safetensors"
+#: Bundles are readable by everyone (mkstemp makes 0600 files): a model mounted into a container
+#: that runs under another uid must still load.
+BUNDLE_MODE = 0o644
 
 
 class BundleError(ValueError):
@@ -110,6 +113,7 @@ def save_bundle(path: str | Path, model: nn.Module, info: BundleInfo) -> Path:
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata=metadata)
+        os.chmod(temporary, BUNDLE_MODE)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
