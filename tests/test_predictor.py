@@ -239,3 +239,37 @@ def test_tile_auto_measures_valid_candidates_within_the_budget(gray):
 
     small = choose_tile(predictor, budget=1)  # only the smallest candidate is ever allowed
     assert list(small.throughput) == [min(choice.throughput)]
+
+
+SMALL_SMP = {"arch": "smp", "name": "Unet", "encoder": "resnet18", "in_channels": 1, "num_classes": 2,
+             "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
+
+
+def test_same_padded_smp_agrees_with_whole_image_within_1e4(isbi_slice):
+    """Crop-only stitching with the measured halo: label disagreement <= 1e-4 of the pixels
+    (measured 3.8e-6 here); half the halo is visibly worse, so the test can fail."""
+    torch.manual_seed(0)
+    model = build_model(SMALL_SMP).eval()
+    with torch.no_grad():  # centre the head so both classes occur (random weights)
+        pixels = torch.from_numpy(Normalization.apply(isbi_slice, *Normalization().statistics(isbi_slice)))[None]
+        logits = model(pixels)[0]
+        model.segmentation_head[0].bias[1] -= (logits[1] - logits[0]).median()
+    info = new_bundle_info(SMALL_SMP, model, ["a", "b"], Normalization())
+    assert info.geometry.padding == "same" and info.geometry.halo == 64 and info.tile["input"] == 512
+    bundle = Bundle(model=model, info=info)
+    predictor = Predictor(bundle, device="cpu", tile=256)
+    assert len(predictor.grid(512, 512)) == 16  # 128 px kept per tile: many seams
+    tiled = predictor.predict(isbi_slice)
+    whole = predictor.predict_whole(isbi_slice)
+    assert 0.2 < tiled.labels.mean() < 0.8
+    assert (tiled.labels != whole.labels).mean() <= 1e-4
+    from dataclasses import replace
+
+    half = Bundle(model=model, info=replace(info, geometry=replace(info.geometry, halo=32)))
+    halved = Predictor(half, device="cpu", tile=256)
+    assert (halved.predict(isbi_slice).labels != halved.predict_whole(isbi_slice).labels).mean() > 1e-3
+
+
+def test_instance_norm_models_warn_that_tiling_is_not_exact():
+    with pytest.warns(UserWarning, match="instance/group norm"):
+        Predictor(make_bundle({**TINY_UNET, "norm": "instance"}), device="cpu")

@@ -174,6 +174,8 @@ DEFAULT_BUNDLE = Path(__file__).parent / "assets" / "default.safetensors"
 
 #: Default tile input size for same-padded networks (pixels per side).
 DEFAULT_SAME_TILE = 512
+#: Same-padded tiles span at least this many halos (2 of context, at least 2 kept).
+SAME_TILE_HALOS = 4
 #: Default wanted output per tile for valid networks (the paper's 388 -> 572 input).
 DEFAULT_VALID_OUTPUT = 388
 
@@ -187,10 +189,12 @@ def model_geometry(model: nn.Module, in_channels: int) -> TileGeometry:
 
 
 def default_tile(geometry: TileGeometry) -> dict[str, int]:
-    """A sensible default tile for inference: 572 px input for the paper's U-Net, 512 px otherwise."""
+    """A sensible default tile for inference: 572 px input for the paper's U-Net; for same
+    padding at least 512 px and at least 4 halos, so a tile keeps at least half of its side
+    (a random smp resnet18 Unet measures a 256 px halo: 1024 px tiles, 512 px kept)."""
     if geometry.padding == "valid":
         return {"input": geometry.input_size_for(DEFAULT_VALID_OUTPUT)}
-    size = max(DEFAULT_SAME_TILE, geometry.input_size_for(2 * geometry.halo + geometry.stride))
+    size = max(DEFAULT_SAME_TILE, geometry.input_size_for(SAME_TILE_HALOS * geometry.halo))
     return {"input": size}
 
 

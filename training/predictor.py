@@ -28,6 +28,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,9 @@ TTA_MODES: dict[str, list[tuple[int, bool]]] = {
 AUTO_TILE_CANDIDATES = (256, 384, 512, 768, 1024, 1536)
 #: Share of the available memory (host RAM, or free GPU memory) one batch's activations may use.
 AUTO_TILE_MEMORY_SHARE = 0.25
+
+#: Layers whose output depends on the whole input's statistics: tiling cannot be exact with them.
+PER_SAMPLE_NORMS = (torch.nn.InstanceNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
 
 Stats = tuple[np.ndarray, np.ndarray]
 Progress = Callable[[int, int], None]
@@ -100,6 +104,12 @@ class Predictor:
         if bundle.info.task != "segmentation" or bundle.info.geometry is None:
             raise ValueError(f"{bundle.path}: not a segmentation model (task {bundle.info.task!r})")
         self.bundle = bundle
+        if any(isinstance(m, PER_SAMPLE_NORMS) for m in bundle.model.modules()):
+            warnings.warn(
+                "this model normalises each input with its own statistics (instance/group norm): "
+                "tiles see different statistics than a whole-image pass, so tiled results are not exact",
+                stacklevel=2,
+            )
         self.model = prepare_model(bundle.model, self.device)
         self.transforms = TTA_MODES[_tta_mode(tta)]
         self.batch_size = batch_size or DEFAULT_BATCH.get(self.device.type, 2)
