@@ -18,8 +18,10 @@ import numpy as np
 
 from training.mirror import ArrayLike2D
 
-#: Rows read at a time when streaming statistics over a large image.
+#: Rows read at a time when streaming statistics over a large image (fewer for wide images).
 STATS_BLOCK_ROWS = 1024
+#: Most pixels read at a time when streaming statistics, so memory does not grow with the width.
+STATS_BLOCK_PIXELS = 2**22
 #: Smallest std used, so flat images do not divide by zero.
 MIN_STD = 1e-6
 
@@ -71,12 +73,14 @@ class Normalization:
 
 def image_statistics(image: ArrayLike2D) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of a whole image after :func:`scale_to_unit`, read in row blocks
-    of :data:`STATS_BLOCK_ROWS` so memory stays bounded for images larger than RAM."""
-    height = image.shape[0]
+    of at most :data:`STATS_BLOCK_ROWS` rows and :data:`STATS_BLOCK_PIXELS` pixels, so memory
+    stays bounded (and independent of the image size) for images larger than RAM."""
+    height, width = image.shape[:2]
+    rows = max(1, min(STATS_BLOCK_ROWS, STATS_BLOCK_PIXELS // max(width, 1)))
     total = sum_sq = None
     count = 0
-    for y0 in range(0, height, STATS_BLOCK_ROWS):
-        block = channels_last(scale_to_unit(np.asarray(image[y0 : y0 + STATS_BLOCK_ROWS])))
+    for y0 in range(0, height, rows):
+        block = channels_last(scale_to_unit(np.asarray(image[y0 : y0 + rows])))
         flat = block.reshape(-1, block.shape[-1]).astype(np.float64)
         total = flat.sum(0) if total is None else total + flat.sum(0)
         sum_sq = (flat**2).sum(0) if sum_sq is None else sum_sq + (flat**2).sum(0)
