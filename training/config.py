@@ -6,6 +6,10 @@ values are parsed as YAML scalars, so ``1e-3``, ``true``, ``null`` and ``[0, 1]`
 field by field: an unknown key, a wrong type or a value out of range stops with a :class:`ConfigError`
 naming the dotted key, e.g. ``optim.lr: expected a number, got 'fast'``.
 
+Input paths in a YAML file (``data.images``, ``data.masks``, ``data.val_images``,
+``data.val_masks``, ``model.encoder_weights``) are relative to the file's folder; paths given as
+overrides, and ``run.output``, are relative to the working directory.
+
 The whole resolved config is stored in every bundle's provenance (:meth:`TrainConfig.to_dict`), so a
 bundle says exactly how it was trained.
 """
@@ -13,6 +17,7 @@ bundle says exactly how it was trained.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -203,10 +208,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: not valid YAML ({error})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        data = loaded or {}
+        data = _anchor_paths(loaded or {}, path.parent)
     for override in overrides or []:
         apply_override(data, override)
     return from_dict(TrainConfig, data, "").validate()
+
+
+#: Settings that name input files; in a YAML file they are relative to the file's folder.
+PATH_KEYS = {"data": ("images", "masks", "val_images", "val_masks"), "model": ("encoder_weights",)}
+
+
+def _anchor_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Make the input paths of a config file relative to its folder (``run.output`` and
+    command-line overrides stay relative to the working directory)."""
+    for section, keys in PATH_KEYS.items():
+        values = data.get(section)
+        if not isinstance(values, dict):
+            continue
+        for key in keys:
+            value = values.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                values[key] = str(Path(os.path.normpath(folder / value)))
+    return data
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

@@ -55,7 +55,7 @@ from training.data.dataset import Example, SegmentationFolder
 from training.data.patches import UNIFORM_WEIGHTS, PatchDataset, WeightMapConfig, dataset_normalization
 from training.device import autocast, resolve_device
 from training.losses import build_loss
-from training.metrics import MetricAccumulator
+from training.evaluate import interior_class, score
 from training.models import build_model, load_encoder_weights, parse_arch
 from training.normalization import Normalization
 
@@ -549,32 +549,6 @@ class Trainer:
                 path = self.output / OVERLAYS_DIR / f"{example.name}.png"
                 files[f"overlay_{example.name}"] = plot_overlay(example.image, target, labels, path, example.name)
         return files
-
-
-def interior_class(classes: list[str], name: str | None) -> int | None:
-    """The class whose connected components the adapted Rand error compares: ``name``, or for a
-    two-class task class 1 (ISBI: ``cell``); None (no Rand error) otherwise."""
-    if name is not None:
-        if name not in classes:
-            raise ValueError(f"data.rand_class: {name!r} is not a class ({', '.join(classes)})")
-        return classes.index(name)
-    return 1 if len(classes) == 2 else None
-
-
-def score(
-    predictions: list[np.ndarray], targets: list[np.ndarray], classes: list[str], interior: int | None
-) -> dict[str, float]:
-    """Flat metrics over images: ``pixel_error``, ``dice``/``iou`` (means over classes),
-    ``dice_<class>`` per class and ``rand_error`` (adapted Rand error, mean over images)."""
-    accumulator = MetricAccumulator(classes, interior)
-    for prediction, target in zip(predictions, targets):
-        accumulator.update(prediction, target)
-    result = accumulator.result()
-    flat = {"pixel_error": result["pixel_error"], "dice": result["mean_dice"], "iou": result["mean_iou"]}
-    flat.update({f"dice_{name}": value for name, value in result["dice"].items()})
-    if "adapted_rand_error" in result:
-        flat["rand_error"] = result["adapted_rand_error"]
-    return flat
 
 
 def _selection(items: list[str]) -> list[int | str]:
