@@ -1,0 +1,219 @@
+"""Where batch tasks run: in this process, a local Dask cluster, or an existing Dask scheduler.
+
+``--scheduler`` takes:
+
+* ``in-process`` (the default): tasks run one after another in this process; no extra
+  processes, no Dask machinery at all;
+* ``local:N``: a :class:`distributed.LocalCluster` of ``N`` worker processes (one task thread
+  each, the CPU cores shared between them), listening on loopback only, closed with the job;
+* ``tcp://host:port`` (or ``tls://``): an existing ``dask.distributed`` scheduler, e.g. with
+  ``dask-cuda`` workers on GPU hosts. Inputs and outputs must be on a file system every worker
+  sees (outputs are written by the workers, chunk by chunk, not shipped back).
+
+The model is loaded once per worker process, not per task: a :class:`PredictorPlugin`
+(a ``distributed`` WorkerPlugin) builds the :class:`~training.predictor.Predictor` in
+``setup``; a worker that dies and is restarted by its nanny runs ``setup`` again. Tasks find
+it with :func:`predictor_for`, which is also what the in-process runner uses, so every mode runs
+the same task functions with the same model and settings (outputs are byte-identical).
+
+Task functions return small records; an unexpected exception inside a task (not a per-input
+error, which tasks record themselves) propagates and ends the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from training.predictor import Predictor
+
+#: The default scheduler: tasks run in the calling process.
+IN_PROCESS = "in-process"
+#: Prefix of a local cluster request (``local:N``).
+LOCAL_PREFIX = "local:"
+#: Address schemes of an existing dask.distributed scheduler.
+REMOTE_SCHEMES = ("tcp://", "tls://")
+#: Bytes read at a time when hashing files.
+HASH_BLOCK = 1 << 20
+
+#: Predictors loaded in this process, by :meth:`PredictorSpec.key` (one per worker process).
+_PREDICTORS: dict[str, Predictor] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """Everything a worker needs to build the job's predictor, and nothing else (picklable).
+
+    ``tile`` is the resolved tile input size (``"auto"`` is measured once, by the client, so
+    every worker uses the same tiles); ``sha256`` is the bundle file's hash, checked by each
+    worker so a bundle replaced mid-job cannot mix models into one output.
+    """
+
+    bundle: str
+    sha256: str
+    tile: int
+    batch_size: int | None
+    tta: str
+    device: str = "auto"
+
+    def key(self) -> str:
+        return hashlib.sha256(repr(sorted(asdict(self).items())).encode()).hexdigest()[:16]
+
+
+def load_predictor(spec: PredictorSpec) -> Predictor:
+    """Build the predictor of ``spec`` after checking the bundle file is the one planned."""
+    found = file_sha256(spec.bundle)
+    if found != spec.sha256:
+        raise ValueError(f"{spec.bundle}: bundle changed during the job (sha256 {found[:12]}, expected {spec.sha256[:12]})")
+    return Predictor(spec.bundle, device=spec.device, tile=spec.tile, batch_size=spec.batch_size, tta=spec.tta)
+
+
+def predictor_for(spec: PredictorSpec) -> Predictor:
+    """This process's predictor for ``spec``: the one the worker plugin (or the in-process
+    runner) loaded, or loaded now if neither did (a worker that joined without the plugin)."""
+    key = spec.key()
+    if key not in _PREDICTORS:
+        _PREDICTORS[key] = load_predictor(spec)
+    return _PREDICTORS[key]
+
+
+def adopt_predictor(spec: PredictorSpec, predictor: Predictor) -> None:
+    """Let tasks in this process reuse an already built predictor for ``spec``."""
+    _PREDICTORS[spec.key()] = predictor
+
+
+def release_predictor(spec: PredictorSpec) -> None:
+    _PREDICTORS.pop(spec.key(), None)
+
+
+class PredictorPlugin(WorkerPlugin):
+    """Loads the job's predictor once when a worker starts (or joins, or is restarted)."""
+
+    def __init__(self, spec: PredictorSpec, threads: int | None) -> None:
+        self.spec = spec
+        self.threads = threads
+        self.name = f"tessera-predictor-{spec.key()}"
+
+    def setup(self, worker) -> None:
+        from training.device import set_cpu_threads
+
+        set_cpu_threads(self.threads)
+        predictor_for(self.spec)
+
+    def teardown(self, worker) -> None:
+        release_predictor(self.spec)
+
+
+def parse_scheduler(text: str) -> tuple[str, int | str | None]:
+    """``("in-process", None)``, ``("local", N)`` or ``("remote", address)``; ValueError otherwise."""
+    text = (text or IN_PROCESS).strip()
+    if text == IN_PROCESS:
+        return "in-process", None
+    if text.startswith(LOCAL_PREFIX):
+        count = text[len(LOCAL_PREFIX) :]
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--scheduler {text!r}: local:N needs a worker count N >= 1")
+        return "local", int(count)
+    if text.startswith(REMOTE_SCHEMES) and len(text) > len("tcp://"):
+        return "remote", text
+    raise ValueError(f"--scheduler must be 'in-process', 'local:N' or 'tcp://host:port', not {text!r}")
+
+
+class InProcessRunner:
+    """Runs tasks one after another in this process (the default scheduler)."""
+
+    description = IN_PROCESS
+    client = None
+
+    def __init__(self, spec: PredictorSpec, predictor: Predictor | None = None) -> None:
+        self.spec = spec
+        if predictor is not None:
+            adopt_predictor(spec, predictor)
+
+    def map(self, function: Callable[..., Any], items: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
+        """Results of ``function(item, **kwargs)``, in order."""
+        for item in items:
+            yield function(item, **kwargs)
+
+    def close(self) -> None:
+        release_predictor(self.spec)
+
+
+class DaskRunner:
+    """Runs tasks on a dask.distributed cluster (one we start, or an existing one)."""
+
+    def __init__(self, spec: PredictorSpec, kind: str, target: int | str) -> None:
+        from distributed import Client, LocalCluster
+
+        self.spec = spec
+        self.cluster = None
+        if kind == "local":
+            cores = len(os.sched_getaffinity(0))
+            self.cluster = LocalCluster(
+                n_workers=int(target),
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+            threads = max(1, cores // int(target))
+            self.description = f"local:{target}"
+            self.client = Client(self.cluster)
+        else:
+            threads = None
+            self.description = str(target)
+            self.client = Client(str(target))
+        self.plugin = PredictorPlugin(spec, threads)
+        self.client.register_plugin(self.plugin)
+
+    def map(self, function: Callable[..., Any], items: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
+        """Results of ``function(item, **kwargs)`` as they complete (any order). A task on a
+        worker that dies is rescheduled by Dask on another worker."""
+        from distributed import as_completed
+
+        items = list(items)
+        if not items:
+            return
+        futures = self.client.map(function, items, pure=False, **kwargs)
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            self.client.cancel(futures)
+
+    def close(self) -> None:
+        try:
+            self.client.unregister_worker_plugin(self.plugin.name)
+        except Exception:  # the cluster may already be gone; closing must not mask the job's result
+            pass
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+Runner = InProcessRunner | DaskRunner
+
+
+def open_runner(scheduler: str, spec: PredictorSpec, predictor: Predictor | None = None) -> Runner:
+    """The runner for a ``--scheduler`` value (see the module docstring). Close it when done."""
+    kind, target = parse_scheduler(scheduler)
+    if kind == "in-process":
+        return InProcessRunner(spec, predictor)
+    return DaskRunner(spec, kind, target)
