@@ -1,0 +1,146 @@
+"""``tessera batch``: segment a folder of images, or one gigapixel image, resumably.
+
+SRC decides the job:
+
+* a folder, a glob pattern (quote it) or a listing (.txt, one path per line): every image gets a
+  label map under DST with the same relative name (NAME.png), optionally an overlay
+  (NAME.overlay.png) and probabilities (NAME.probabilities.tif); DST/manifest.jsonl records each
+  input (status, error, timing, content hashes); failed inputs do not stop the others;
+* one TIFF/BigTIFF or zarr image (any size; read lazily): DST/NAME.zarr, an OME-Zarr (zarr v3,
+  NGFF 0.5) label image with a downsampled pyramid, optionally DST/NAME.tif (tiled BigTIFF).
+
+Rerun the same command after a crash or a kill: finished work is verified (hashes in the manifest,
+done-markers per chunk) and skipped, the rest is done. Outputs appear only when complete. Output
+names can never leave DST. Exit code: 0 all done, 1 some inputs failed (see the manifest), 2 bad
+arguments. A JSON report is printed on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+
+from service.batch import IN_PROCESS, is_gigapixel_source, segment_folder, segment_gigapixel
+from training.bundle import DEFAULT_BUNDLE
+from training.device import set_cpu_threads
+from training.images import DEFAULT_MAX_PIXELS
+from training.predictor import TTA_MODES
+
+EXAMPLES = """\
+examples:
+  tessera batch default scans/ masks/
+        every image below scans/ -> masks/<same name>.png, masks/manifest.jsonl
+  tessera batch model.safetensors 'scans/**/*.tif' masks/ --overlay --probabilities
+        a glob (quoted); overlays and uint8 probabilities next to each mask
+  tessera batch model.safetensors slide.tif out/ --tiff --scheduler local:2
+        one huge image -> out/slide.zarr (OME-Zarr with pyramid) and out/slide.tif, 2 worker processes
+  tessera batch model.safetensors scans/ masks/ --scheduler tcp://10.0.0.5:8786
+        on an existing Dask cluster (inputs and DST on a file system all workers see)
+  (rerun any of these after an interruption: only unfinished work is redone)
+"""
+
+#: Bundle arguments meaning "the shipped default model".
+DEFAULT_NAMES = ("-", "default")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "batch",
+        help="segment a folder of images or one gigapixel image (resumable, Dask)",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("bundle", help=f"model bundle (.safetensors), or '-' / 'default' for the shipped {DEFAULT_BUNDLE.name}")
+    parser.add_argument("src", help="a folder, a quoted glob, a listing .txt, or one TIFF/BigTIFF/zarr image")
+    parser.add_argument("dst", help="output folder (created)")
+    parser.add_argument("--scheduler", default=IN_PROCESS,
+                        help="in-process (default), local:N (N worker processes), or tcp://host:port")
+    parser.add_argument("--overlay", action="store_true", help="folder jobs: also write NAME.overlay.png")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write per-class probabilities, uint8 round(255 p)")
+    parser.add_argument("--tiff", action="store_true", help="gigapixel jobs: also write the labels as a tiled BigTIFF")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="gigapixel jobs: chunk edge in pixels, rounded to whole tile steps (default about 1024)")
+    parser.add_argument("--tile", default=None, help="tile input size in pixels, or 'auto' (default: the bundle's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:0 ...")
+    parser.add_argument("--tta", nargs="?", const="d4", default="none", choices=tuple(TTA_MODES),
+                        help="test-time augmentation: flips (4) or d4 (8; the default when given)")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help=f"refuse larger images (folder default {DEFAULT_MAX_PIXELS:,}; gigapixel default: none)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch in this process")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def parse_tile(text: str | None) -> int | str | None:
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--tile must be a number of pixels or 'auto', not {text!r}") from None
+
+
+def progress_bar(label: str, enabled: bool):
+    """A rich progress bar on stderr (or nothing) and a ``(done, total, *_)`` callback."""
+    if not enabled:
+        return contextlib.nullcontext(), None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True))
+    task = bar.add_task(label, total=None)
+
+    def update(done: int, total: int, *_) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return bar, update
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        set_cpu_threads(args.threads)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
+    bundle = None if args.bundle in DEFAULT_NAMES else args.bundle
+    common = {"scheduler": args.scheduler, "tile": parse_tile(args.tile), "batch_size": args.batch_size,
+              "tta": args.tta, "device": args.device, "probabilities": args.probabilities}
+    shown = not args.quiet and sys.stderr.isatty()
+    if is_gigapixel_source(args.src):
+        if args.overlay:
+            raise ValueError("--overlay is for folder jobs; open the OME-Zarr in a viewer instead")
+        bar, update = progress_bar("chunks", shown)
+        with bar:
+            report = segment_gigapixel(bundle, args.src, args.dst, tiff=args.tiff, chunk=args.chunk,
+                                       max_pixels=args.max_pixels, progress=update, **common)
+    else:
+        if args.tiff or args.chunk:
+            raise ValueError("--tiff and --chunk are for gigapixel jobs (SRC one TIFF/zarr image)")
+        bar, update = progress_bar("images", shown)
+        with bar:
+            report = segment_folder(bundle, args.src, args.dst, overlay=args.overlay,
+                                    max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, progress=update, **common)
+    print(json.dumps(report.to_dict()))
+    print(summary(report), file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def summary(report) -> str:
+    """One human line about the job."""
+    if report.kind == "gigapixel":
+        if report.complete_before:
+            return f"{report.output}: already complete"
+        return (f"{report.output}: {report.computed} chunk(s) computed, {report.resumed} resumed, "
+                f"{report.levels} pyramid level(s), {report.seconds:.1f} s")
+    text = (f"{report.total} input(s): {report.succeeded} segmented, {report.skipped} already done, "
+            f"{report.failed} failed, {report.refused} refused in {report.seconds:.1f} s; manifest {report.manifest}")
+    for failure in report.failures[:10]:
+        text += f"\n  {failure['status']}: {failure['input']}: {failure['error']}"
+    if len(report.failures) > 10:
+        text += f"\n  ... and {len(report.failures) - 10} more (see the manifest)"
+    return text
