@@ -112,6 +112,8 @@ def test_config_merging_and_errors(tmp_path):
         read_config({"zoom": {}})
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['alpha'\]"):
         read_config({"elastic": {"alpha": 3}})
+    with pytest.raises(ValueError, match="grid must be >= 2"):
+        build_augmentation({"elastic": {"grid": 1}})
     with pytest.raises(ValueError, match="runs backwards"):
         build_augmentation({"affine": {"rotate": [10, -10]}})
     image = np.zeros((8, 8), np.float32)
@@ -133,7 +135,8 @@ def _isbi_patches(seed: int = 0) -> PatchDataset:
 
 def _batches(dataset: PatchDataset, seed: int, init=worker_init_fn) -> list[torch.Tensor]:
     torch.manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_init_fn=init, multiprocessing_context="fork")
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_init_fn=init, multiprocessing_context="fork",
+                        timeout=120)  # a hung worker fails the test instead of blocking the suite
     return [batch[0] for batch in loader]
 
 

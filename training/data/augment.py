@@ -58,7 +58,6 @@ import numpy as np
 import torch
 import yaml
 from albumentations.augmentations.geometric.distortion import BaseDistortion
-from pydantic import Field
 from scipy import ndimage
 
 #: The one border mode for every warp: OpenCV's name for training.mirror's mirror.
@@ -106,8 +105,8 @@ class GridElastic(BaseDistortion):
     resampled bilinearly, masks with nearest neighbour, borders mirrored."""
 
     class InitSchema(BaseDistortion.InitSchema):
-        grid: int = Field(ge=2)
-        sigma: float = Field(ge=0)
+        grid: int
+        sigma: float
 
     def __init__(
         self,
@@ -130,6 +129,8 @@ class GridElastic(BaseDistortion):
             fill=fill,
             fill_mask=fill_mask,
         )
+        if grid < 2 or sigma < 0:
+            raise ValueError(f"elastic grid must be >= 2 and sigma >= 0, got grid {grid}, sigma {sigma}")
         self.grid = grid
         self.sigma = sigma
 
@@ -292,11 +293,11 @@ def worker_init_fn(worker_id: int) -> None:
 
     PyTorch gives worker ``i`` the seed ``base_seed + i`` (``base_seed`` drawn from the main
     process's torch generator for each epoch); this seeds Python, numpy and the dataset's own
-    streams (``dataset.reseed(seed)`` when it has one) from it, and keeps OpenCV to one thread.
+    streams (``dataset.reseed(seed)`` when it has one) from it. (It must not touch OpenCV's thread
+    pool: ``cv2.setNumThreads`` in a forked worker deadlocks on the parent's pool.)
     """
     info = torch.utils.data.get_worker_info()
     seed = info.seed % 2**32 if info is not None else torch.initial_seed() % 2**32
-    cv2.setNumThreads(1)  # workers are the parallelism; OpenCV's own threads would oversubscribe
     random.seed(seed)
     np.random.seed(seed)
     dataset = info.dataset if info is not None else None
