@@ -1,0 +1,275 @@
+"""Tiler benchmark: prints ONE JSON line of ratios measured in one run (the machine is shared and
+noisy: compare ratios, not seconds).
+
+    .venv/bin/python bench/tiling.py            # everything (several minutes on 2 CPU cores)
+    .venv/bin/python bench/tiling.py --quick    # smaller images, no 32768² RSS run
+
+Keys:
+* ``tiler_efficiency``: raw model time on pre-built tile batches / end-to-end tiled time (lazy
+  TIFF in, mirroring, normalising, batching, model, zarr out) for the same tiles. Target >= 0.90.
+* ``tiled_vs_whole``: whole-image pass time / tiled time on a 2048² image (the shipped model if
+  present, else a valid U-Net width 16 depth 4). Target >= 1.0 on a CPU.
+* ``tile_auto``: the size ``--tile auto`` chose, its measured throughput over the worst and the
+  best candidate.
+* ``vs_monai``: MONAI ``sliding_window_inference`` time (roi 512, overlap 0.25, gaussian, reflect,
+  sw_batch_size 4) / Tessera tiled time, smp Unet-resnet34 (random weights) on a 2048² image, with
+  each one's label agreement with the whole-image pass.
+* ``rss_growth``: peak RSS of a 32768² (--quick: 16384²) zarr->zarr run over a 4096² run, minus 1.
+* ``gflops``: achieved GFLOP/s of the smp whole pass and of the tiled run over a measured fp32
+  matmul peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from training.bundle import DEFAULT_BUNDLE, Bundle, load_bundle, new_bundle_info  # noqa: E402
+from training.images import read_image  # noqa: E402
+from training.models import build_model  # noqa: E402
+from training.normalization import Normalization  # noqa: E402
+from training.predictor import Predictor  # noqa: E402
+
+ISBI = ROOT / "training" / "assets" / "isbi2012" / "image"
+#: A valid U-Net of the size the issue measured (width 16, depth 4).
+BENCH_UNET = {"arch": "unet", "in_channels": 1, "num_classes": 2, "depth": 4, "width": 16, "padding": "valid"}
+#: The smallest network for memory runs: RSS is then dominated by the tiler, not the model.
+RSS_UNET = {"arch": "unet", "in_channels": 1, "num_classes": 2, "depth": 1, "width": 2, "padding": "valid"}
+#: Tile input for the memory runs (valid for RSS_UNET: step 508).
+RSS_TILE = 524
+#: Chunk edge of the generated zarr inputs.
+RSS_CHUNK = 1024
+SMP_RESNET34 = {"arch": "smp", "name": "Unet", "encoder": "resnet34", "in_channels": 1, "num_classes": 2}
+
+
+def isbi_mosaic(size: int) -> np.ndarray:
+    """A ``size x size`` uint8 image made of ISBI slices (real texture, reproducible)."""
+    slices = [read_image(ISBI / f"{i}.png") for i in range(30)]
+    tiles = -(-size // 512)
+    rows = [np.concatenate([slices[(r * tiles + c) % 30] for c in range(tiles)], 1) for r in range(tiles)]
+    return np.ascontiguousarray(np.concatenate(rows, 0)[:size, :size])
+
+
+def random_bundle(spec: dict, seed: int = 0, probe: np.ndarray | None = None) -> Bundle:
+    """A random-weight bundle; with ``probe`` the head bias is centred so both classes occur."""
+    torch.manual_seed(seed)
+    model = build_model(spec).eval()
+    bundle = Bundle(model=model, info=new_bundle_info(spec, model, ["a", "b"], Normalization()))
+    if probe is not None:
+        probs = Predictor(bundle, device="cpu").predict_whole(probe).probabilities
+        head = model.head if hasattr(model, "head") else model.segmentation_head[0]
+        with torch.no_grad():
+            head.bias[1] -= float(np.median(np.log(probs[1] + 1e-12) - np.log(probs[0] + 1e-12)))
+    return bundle
+
+
+def timed(function, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+# ---------------------------------------------------------------------- memory (child processes)
+def write_zarr_input(path: Path, size: int) -> None:
+    """A ``size²`` uint8 zarr v3 image written in row bands (bounded memory, cheap: one repeated
+    textured band)."""
+    import zarr
+
+    band = isbi_mosaic(RSS_CHUNK)
+    array = zarr.create_array(store=str(path), shape=(size, size), chunks=(RSS_CHUNK, RSS_CHUNK), dtype=np.uint8, fill_value=0)
+    row = np.tile(band, (1, -(-size // RSS_CHUNK)))[:, :size]
+    for y in range(0, size, RSS_CHUNK):
+        array[y : y + RSS_CHUNK] = row[: min(RSS_CHUNK, size - y)]
+
+
+def rss_child(source: str, output: str) -> dict:
+    """Run in a fresh process: stream ``source`` (zarr) into a zarr label sink; report peak RSS."""
+    from training.readers import open_image
+    from training.writers import label_dtype, open_sink
+
+    torch.set_num_threads(1)
+    predictor = Predictor(random_bundle(RSS_UNET), device="cpu", tile=RSS_TILE, batch_size=2)
+    image = open_image(source, max_pixels=None)
+    grid = predictor.grid(*image.shape[:2])
+    started = time.perf_counter()
+    with open_sink(output, image.shape[:2], label_dtype(2), (grid.step_h, grid.step_w)) as sink:
+        predictor.predict_to(image, labels=sink)
+    return {
+        "size": image.shape[0],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds": time.perf_counter() - started,
+        "tiles": len(grid),
+    }
+
+
+def peak_rss(size: int, folder: Path) -> dict:
+    """Peak RSS (MiB) of a fresh process segmenting a generated ``size²`` zarr image."""
+    source, output = folder / f"in{size}.zarr", folder / f"out{size}.zarr"
+    if not source.exists():
+        write_zarr_input(source, size)
+    command = [sys.executable, str(Path(__file__).resolve()), "--rss-child", str(source), str(output)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def rss_growth(sizes: list[int]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="tessera-rss-") as folder:
+        runs = [peak_rss(size, Path(folder)) for size in sizes]
+    growth = runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"] - 1
+    return {"rss_growth": round(growth, 4), "rss_runs": runs}
+
+
+# ---------------------------------------------------------------------- throughput
+def tiler_efficiency(bundle: Bundle, image: np.ndarray, folder: Path) -> dict:
+    """End-to-end (lazy TIFF -> zarr) versus the model alone on the same tile batches."""
+    import tifffile
+
+    from training.readers import open_image
+    from training.writers import label_dtype, open_sink
+
+    predictor = Predictor(bundle, device="cpu", batch_size=2)
+    path = folder / "input.tif"
+    tifffile.imwrite(path, image, tile=(256, 256), compression="zlib")
+    source = open_image(path)
+    grid = predictor.grid(*image.shape[:2])
+    stats = predictor.statistics(source)
+
+    def end_to_end() -> None:
+        with open_sink(folder / "labels.zarr", image.shape[:2], label_dtype(2), (grid.step_h, grid.step_w)) as sink:
+            predictor.predict_to(source, labels=sink, stats=stats)
+
+    tiles = list(grid.tiles())
+    batches = [torch.from_numpy(predictor._windows(image, tiles[i : i + 2], stats)) for i in range(0, len(tiles), 2)]
+
+    def raw() -> None:
+        for batch in batches:
+            predictor._runner(batch)
+
+    raw()  # warm-up
+    raw_seconds, _ = timed(raw)
+    tiled_seconds, _ = timed(end_to_end)
+    return {"tiler_efficiency": round(raw_seconds / tiled_seconds, 3), "tiles": len(tiles), "tile": predictor.tile}
+
+
+def tiled_vs_whole(bundle: Bundle, image: np.ndarray) -> dict:
+    predictor = Predictor(bundle, device="cpu", batch_size=2)
+    predictor.predict(image[:600, :600])  # warm-up
+    whole_seconds, whole = timed(predictor.predict_whole, image, probabilities=False)
+    tiled_seconds, tiled = timed(predictor.predict, image)
+    return {
+        "tiled_vs_whole": round(whole_seconds / tiled_seconds, 3),
+        "tiled_mpix_s": round(image.size / tiled_seconds / 1e6, 3),
+        "whole_mpix_s": round(image.size / whole_seconds / 1e6, 3),
+        "tiled_equals_whole": bool(np.array_equal(tiled.labels, whole.labels)),
+    }
+
+
+def tile_auto(bundle: Bundle) -> dict:
+    predictor = Predictor(bundle, device="cpu", tile="auto", batch_size=2)
+    rates = predictor.tile_choice.throughput
+    chosen = rates[predictor.tile]
+    return {
+        "tile_auto": predictor.tile,
+        "tile_auto_over_worst": round(chosen / min(rates.values()), 3),
+        "tile_auto_over_best": round(chosen / max(rates.values()), 3),
+        "tile_auto_mpix_s": {str(k): round(v / 1e6, 3) for k, v in rates.items()},
+    }
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(timed(torch.mm, a, b)[0] for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def model_gflop(model: torch.nn.Module, size: int) -> float:
+    """GFLOP of one forward pass of a ``size²`` 1-channel input (PyTorch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(torch.zeros(1, 1, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def vs_monai(image: np.ndarray, peak: float) -> dict:
+    from monai.inferers import sliding_window_inference
+
+    bundle = random_bundle(SMP_RESNET34, probe=image[:512, :512])
+    predictor = Predictor(bundle, device="cpu", batch_size=2)
+    mean, std = predictor.statistics(image)
+    pixels = torch.from_numpy(Normalization.apply(image, mean, std))[None]
+    model = predictor.model
+
+    def monai() -> np.ndarray:
+        with torch.inference_mode():
+            logits = sliding_window_inference(
+                pixels, roi_size=(512, 512), sw_batch_size=4, predictor=model, overlap=0.25,
+                mode="gaussian", padding_mode="reflect",
+            )
+        return logits[0].argmax(0).numpy().astype(np.uint8)
+
+    whole_seconds, whole = timed(predictor.predict_whole, image, probabilities=False)
+    monai_seconds, monai_labels = timed(monai)
+    tiled_seconds, tiled = timed(predictor.predict, image)
+    side = predictor.grid(*image.shape).whole_window()[0]
+    whole_gflop = model_gflop(model, 64) / 64**2 * (side[1] - side[0]) * (side[3] - side[2])
+    tile_gflop = model_gflop(model, 64) / 64**2 * predictor.tile**2 * len(predictor.grid(*image.shape))
+    return {
+        "vs_monai": round(monai_seconds / tiled_seconds, 3),
+        "monai_vs_whole": round(monai_seconds / whole_seconds, 3),
+        "tiled_vs_whole_smp": round(whole_seconds / tiled_seconds, 3),
+        "agreement_tessera": round(float((tiled.labels == whole.labels).mean()), 6),
+        "agreement_monai": round(float((monai_labels == whole.labels).mean()), 6),
+        "smp_halo": predictor.geometry.halo,
+        "smp_tile": predictor.tile,
+        "gflops_ratio_whole": round(whole_gflop / whole_seconds / peak, 3),
+        "gflops_ratio_tiled": round(tile_gflop / tiled_seconds / peak, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller runs (no 32768² memory run)")
+    parser.add_argument("--rss-child", nargs=2, metavar=("SOURCE", "OUTPUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--only", help="comma-separated parts: efficiency,whole,auto,monai,rss")
+    args = parser.parse_args()
+    if args.rss_child:
+        print(json.dumps(rss_child(*args.rss_child)))
+        return
+    parts = set((args.only or "efficiency,whole,auto,monai,rss").split(","))
+    image = isbi_mosaic(2048)
+    shipped = load_bundle(DEFAULT_BUNDLE) if DEFAULT_BUNDLE.exists() else random_bundle(BENCH_UNET, probe=image[:512, :512])
+    result: dict = {"model": "shipped" if DEFAULT_BUNDLE.exists() else "unet-w16-d4-random", "threads": torch.get_num_threads()}
+    peak = matmul_peak_gflops()
+    result["matmul_peak_gflops"] = round(peak, 1)
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-") as folder:
+        if "efficiency" in parts:
+            result.update(tiler_efficiency(shipped, image, Path(folder)))
+    if "whole" in parts:
+        result.update(tiled_vs_whole(shipped, image))
+    if "auto" in parts:
+        result.update(tile_auto(shipped))
+    if "monai" in parts:
+        result.update(vs_monai(image[:1024, :1024] if args.quick else image, peak))
+    if "rss" in parts:
+        result.update(rss_growth([4096, 16384] if args.quick else [4096, 16384, 32768]))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

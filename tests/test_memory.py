@@ -1,0 +1,32 @@
+"""Peak memory does not grow with the image: fresh processes stream generated zarr images of
+increasing size through the tiler into zarr (tiny model, so the tiler's own memory shows)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.tiling import rss_growth
+
+#: Allowed peak-RSS growth from the smallest to the largest image.
+MAX_GROWTH = 0.10
+
+
+def check(sizes: list[int]) -> None:
+    result = rss_growth(sizes)
+    runs = result["rss_runs"]
+    assert [r["size"] for r in runs] == sizes
+    assert runs[-1]["tiles"] >= runs[0]["tiles"] * 8  # really a bigger job
+    assert result["rss_growth"] <= MAX_GROWTH, runs
+
+
+def test_peak_rss_flat_from_1024_to_4096():
+    """16x the pixels; a full-size float buffer (4096² x 2 classes x 4 B = 128 MiB, 13% of the
+    ~1 GiB a process with torch and smp imported holds) would fail it."""
+    check([1024, 4096])
+
+
+@pytest.mark.slow
+def test_peak_rss_flat_4096_16384_32768():
+    """The issue's sizes; 32768² takes several minutes on 2 shared cores (also run by
+    bench/tiling.py as rss_growth)."""
+    check([4096, 16384, 32768])
