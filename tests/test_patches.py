@@ -197,3 +197,15 @@ def test_rgb_and_16_bit_images_through_the_augmented_pipeline():
         assert network_input.shape == (3, side, side) and np.isfinite(network_input.numpy()).all()
         assert target.shape == (out, out) and set(np.unique(target.numpy())) <= {0, 1, 2, IGNORE_INDEX}
         assert (weight.numpy()[target.numpy() == IGNORE_INDEX] == 0).all()
+
+
+def test_augmentation_never_writes_into_the_stored_image():
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+    intensity = {name: {"p": 1.0} for name in ("brightness", "contrast", "gamma", "noise", "blur")}
+    data = PatchDataset([Example("w", image, np.zeros((32, 32), np.int64))], SAME, 32, 2, weights=UNIFORM_WEIGHTS,
+                        augmentation=build_augmentation({**intensity, "affine": False, "elastic": False}, seed=0))
+    before = data.images[0].pixels.copy()
+    for index in range(5):
+        data[index]
+    np.testing.assert_array_equal(data.images[0].pixels, before)

@@ -218,13 +218,13 @@ class PatchDataset(torch.utils.data.Dataset):
         grow = self.context + reach
         y_read, x_read = y0 - grow, x0 - grow
         side = self.output_size + 2 * grow
-        pixels = mirror_window(image.pixels, y_read, y_read + side, x_read, x_read + side)
+        pixels = mirror_window(image.pixels, y_read, y_read + side, x_read, x_read + side)  # may be a view
         codes = mirror_window(image.codes, y_read, y_read + side, x_read, x_read + side).copy()
         weight = mirror_window(image.weight, y_read, y_read + side, x_read, x_read + side).copy()
         outside = _outside_mask(image.codes.shape, y_read, x_read, side)
         codes[outside] = self.ignore_code
         if self.augmentation is not None:
-            pixels, codes, weight = self.augmentation(np.ascontiguousarray(pixels), codes, weight)
+            pixels, codes, weight = self.augmentation(pixels.copy(), codes, weight)
         pixels = pixels[reach : side - reach, reach : side - reach]
         inner = slice(grow, grow + self.output_size)
         codes, weight = codes[inner, inner], weight[inner, inner]
