@@ -204,7 +204,8 @@ def test_augmentation_never_writes_into_the_stored_image():
     image = rng.integers(0, 255, (32, 32), dtype=np.uint8)
     intensity = {name: {"p": 1.0} for name in ("brightness", "contrast", "gamma", "noise", "blur")}
     data = PatchDataset([Example("w", image, np.zeros((32, 32), np.int64))], SAME, 32, 2, weights=UNIFORM_WEIGHTS,
-                        augmentation=build_augmentation({**intensity, "affine": False, "elastic": False}, seed=0))
+                        augmentation=build_augmentation({**intensity, "affine": False, "elastic": False}, seed=0),
+                        samples_per_epoch=5)
     before = data.images[0].pixels.copy()
     for index in range(5):
         data[index]
