@@ -116,7 +116,7 @@ def list_inputs(src: str, dst: Path) -> tuple[list[tuple[str, Path]], list[tuple
         base = Path(_glob_base(src))
         found = [Path(p) for p in glob.glob(src, recursive=True)]
         pairs = [(os.path.relpath(p, base).replace(os.sep, "/"), p) for p in found if _is_image(p)]
-        return _checked(pairs, dst)
+        return _checked(pairs)
     root = Path(src)
     if not root.is_dir():
         raise ValueError(f"{src}: not a folder, a glob pattern, a listing (.txt) or an existing image")
@@ -128,7 +128,7 @@ def list_inputs(src: str, dst: Path) -> tuple[list[tuple[str, Path]], list[tuple
             d for d in directories if not d.startswith(".") and (here / d).resolve() != dst_resolved
         )
         pairs += [(str((here / f).relative_to(root)).replace(os.sep, "/"), here / f) for f in files if not f.startswith(".") and _is_image(here / f)]
-    return _checked(pairs, dst)
+    return _checked(pairs)
 
 
 def _is_image(path: Path) -> bool:
@@ -151,10 +151,10 @@ def _from_listing(listing: Path) -> tuple[list[tuple[str, Path]], list[tuple[str
         name = line.strip()
         if name and not name.startswith("#"):
             pairs.append((name, listing.parent / name))
-    return _checked(pairs, None)
+    return _checked(pairs)
 
 
-def _checked(pairs: list[tuple[str, Path]], _dst: Path | None) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+def _checked(pairs: list[tuple[str, Path]]) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
     """Split into safe names and refused ones (absolute, ``..``); sorted, duplicates removed."""
     safe: dict[str, Path] = {}
     refused: list[tuple[str, str]] = []
@@ -174,19 +174,26 @@ def output_names(name: str, options: FolderOptions) -> dict[str, str]:
     return {kind: f"{stem}{OUTPUT_SUFFIXES[kind]}" for kind in options.kinds()}
 
 
-def plan_items(inputs: list[tuple[str, Path]], dst: Path, options: FolderOptions) -> list[FolderItem]:
-    """Items with output names, checked inside DST and free of collisions."""
+def plan_items(inputs: list[tuple[str, Path]], dst: Path, options: FolderOptions) -> tuple[list[FolderItem], list[tuple[str, str]]]:
+    """Items with output names checked inside DST (names reaching out through a symbolic link in
+    DST are refused, per input); two inputs writing one output is an error before anything runs."""
     items: list[FolderItem] = []
+    refused: list[tuple[str, str]] = []
     owners: dict[str, str] = {}
     for name, path in inputs:
         outputs = output_names(name, options)
         for output in outputs.values():
-            inside(dst, safe_relative(output))
             if output in owners:
                 raise ValueError(f"{owners[output]!r} and {name!r} would both write {output!r}; rename one of them")
             owners[output] = name
+        try:
+            for output in outputs.values():
+                inside(dst, safe_relative(output))
+        except UnsafeNameError as error:
+            refused.append((name, str(error)))
+            continue
         items.append(FolderItem(name=name, source=str(path.resolve()), outputs=outputs))
-    return items
+    return items, refused
 
 
 def job_key(spec: PredictorSpec, options: FolderOptions) -> str:
@@ -252,7 +259,8 @@ def run_folder(
     with job_lock(root):
         sweep_temporaries(root)
         inputs, refused = list_inputs(str(src), root)
-        items = plan_items(inputs, root, options)
+        items, unsafe = plan_items(inputs, root, options)
+        refused = sorted(refused + unsafe)
         manifest = Manifest(root / MANIFEST_NAME)
         report.manifest = str(manifest.path)
         key = job_key(spec, options)

@@ -143,12 +143,17 @@ def output_stem(src: Path) -> str:
     return name or "image"
 
 
-def chunk_shape(step_h: int, step_w: int, chunk: int | None) -> tuple[int, int]:
-    """Chunk edges: whole numbers of tile steps, about ``chunk`` (default CHUNK_TARGET) pixels."""
+def chunk_shape(height: int, width: int, step_h: int, step_w: int, chunk: int | None) -> tuple[int, int]:
+    """Chunk edges: whole numbers of tile steps, about ``chunk`` (default CHUNK_TARGET) pixels,
+    no more steps than the image needs."""
     target = chunk or CHUNK_TARGET
     if target < 1:
         raise ValueError(f"chunk must be >= 1 pixel, not {target}")
-    return step_h * max(1, round(target / step_h)), step_w * max(1, round(target / step_w))
+
+    def edge(length: int, step: int) -> int:
+        return step * min(max(1, round(target / step)), -(-length // step))
+
+    return edge(height, step_h), edge(width, step_w)
 
 
 def source_fingerprint(path: Path) -> dict:
@@ -216,7 +221,7 @@ def run_gigapixel(
         source = fit_channels(open_image(src, max_pixels=max_pixels), predictor.info.in_channels)
         height, width = (int(n) for n in source.shape[:2])
         grid = predictor.grid(height, width)
-        chunks = chunk_shape(grid.step_h, grid.step_w, chunk)
+        chunks = chunk_shape(height, width, grid.step_h, grid.step_w, chunk)
         key = _job_key(spec, src, (height, width), chunks, probabilities)
         report.shape, report.chunk = [height, width], list(chunks)
         if _complete(output, key):
