@@ -153,6 +153,8 @@ def test_bad_class_files(tmp_path):
     (tmp_path / "c.yaml").write_text("classes: {0: a, 1: b}\nforeground: [z]\n")
     with pytest.raises(DatasetError, match=r"c\.yaml: foreground class\(es\) \['z'\]"):
         LabelSpec.read(tmp_path / "c.yaml")
+    (tmp_path / "e.yaml").write_text("classes: {0: a, 1: b}\nforeground: b\n")
+    assert LabelSpec.read(tmp_path / "e.yaml").foreground == (1,)
     (tmp_path / "d.yaml").write_text("0: only\n")
     with pytest.raises(DatasetError, match="at least 2 classes"):
         LabelSpec.read(tmp_path / "d.yaml")

@@ -159,6 +159,7 @@ class LabelSpec:
         if extra:
             raise DatasetError(f"{source}: unknown key(s) {sorted(extra)}")
         foreground = (data.get("foreground") or []) if options else []
+        foreground = [foreground] if isinstance(foreground, str) else list(foreground)
         unknown = [f for f in foreground if f not in names]
         if unknown:
             raise DatasetError(f"{source}: foreground class(es) {unknown} are not among {names}")
