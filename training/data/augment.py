@@ -19,7 +19,7 @@ name            options (defaults in :data:`DEFAULT_AUGMENTATION`)
                 (cubic spline) interpolated to every pixel (:class:`GridElastic`)
 ``affine``      ``p``, ``scale`` [lo, hi] (isotropic), ``rotate`` [lo, hi] degrees
 ``brightness``  ``p``, ``limit``: add U(-limit, limit) (images are scaled to [0, 1])
-``contrast``    ``p``, ``limit``: multiply the contrast by 1 + U(-limit, limit)
+``contrast``    ``p``, ``limit``: multiply intensities by 1 + U(-limit, limit)
 ``gamma``       ``p``, ``range`` [lo, hi]: x ** gamma
 ``noise``       ``p``, ``std`` [lo, hi]: additive Gaussian noise
 ``blur``        ``p``, ``sigma`` [lo, hi]: Gaussian blur
