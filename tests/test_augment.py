@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from training.data import isbi2012
+from training.data import Example, isbi2012
 from training.data.augment import (
     DEFAULT_AUGMENTATION,
     GridElastic,
@@ -128,8 +128,11 @@ def test_warp_reach_by_hand():
 
 
 def _isbi_patches(seed: int = 0) -> PatchDataset:
-    example = isbi2012().select([0]).load_all()
-    return PatchDataset(example, TileGeometry("valid", 2), input_size=60, num_classes=2,
+    """A 64x64 ISBI crop sampled whole (same padding, crop = image): the window never moves, so
+    any difference between samples is the augmentation's."""
+    full = isbi2012().load(0)
+    example = [Example("0", full.image[:64, :64], full.target[:64, :64])]
+    return PatchDataset(example, TileGeometry("same", 2), input_size=64, num_classes=2,
                         augmentation=build_augmentation(seed=seed), samples_per_epoch=4, seed=seed)
 
 
@@ -142,6 +145,7 @@ def _batches(dataset: PatchDataset, seed: int, init=worker_init_fn) -> list[torc
 
 def test_workers_differ_and_a_fixed_seed_reproduces_a_run():
     dataset = _isbi_patches()
+    assert {dataset.window_start(dataset.images[0]) for _ in range(20)} == {(0, 0)}
     run = _batches(dataset, seed=7)
     # items 0, 2 come from worker 0, items 1, 3 from worker 1
     assert not torch.equal(run[0], run[1]) and not torch.equal(run[2], run[3])
