@@ -15,8 +15,9 @@ name            options (defaults in :data:`DEFAULT_AUGMENTATION`)
 ``flip``        ``p``: horizontal and vertical flips, each with probability p
 ``rotate90``    ``p``: a random multiple of 90 degrees
 ``elastic``     ``p``, ``grid``, ``sigma``: the U-Net paper's deformation -- displacements on a
-                coarse ``grid x grid`` (3 x 3) grid drawn from N(0, sigma = 10 px), bicubic
-                (cubic spline) interpolated to every pixel (:class:`GridElastic`)
+                coarse ``grid x grid`` (3 x 3) grid spanning the augmented window, drawn from
+                N(0, sigma = 10 px), cubic-spline interpolated to every pixel
+                (:class:`GridElastic`)
 ``affine``      ``p``, ``scale`` [lo, hi] (isotropic), ``rotate`` [lo, hi] degrees
 ``brightness``  ``p``, ``limit``: add U(-limit, limit) (images are scaled to [0, 1])
 ``contrast``    ``p``, ``limit``: multiply intensities by 1 + U(-limit, limit)

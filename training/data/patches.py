@@ -28,7 +28,9 @@ Items: ``(input, target, weight)`` = float32 ``(C, Hin, Win)``, int64 ``(Hout, W
 indices, :data:`~training.data.dataset.IGNORE_INDEX` where ignored), float32 ``(Hout, Wout)``
 (the paper's weight map, 0 where ignored; ones when disabled).
 
-Public API: :class:`PatchDataset`, :class:`WeightMapConfig`, :func:`dataset_normalization`.
+Public API: :class:`PatchDataset` (``len``, ``[i]``, ``reseed(seed)``, ``sample(image, y0, x0)``,
+``input_size``/``output_size``), :class:`WeightMapConfig`, :data:`UNIFORM_WEIGHTS` (every
+labelled pixel weighs 1), :func:`dataset_normalization` (``mode="fixed"`` from all images).
 """
 
 from __future__ import annotations
