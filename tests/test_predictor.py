@@ -273,3 +273,14 @@ def test_same_padded_smp_agrees_with_whole_image_within_1e4(isbi_slice):
 def test_instance_norm_models_warn_that_tiling_is_not_exact():
     with pytest.warns(UserWarning, match="instance/group norm"):
         Predictor(make_bundle({**TINY_UNET, "norm": "instance"}), device="cpu")
+
+
+def test_default_cpu_batch_makes_regions_byte_identical_for_a_wider_model():
+    """Wider layers take different oneDNN paths per batch size (last-bit differences); with the
+    default CPU batch a block computed alone equals the same block of a whole run bit for bit."""
+    bundle = make_bundle({**TINY_UNET, "width": 16}, seed=3)
+    predictor = Predictor(bundle, device="cpu", tile=148)
+    image = random_image((333, 301), seed=12)
+    full = predictor.predict(image, probabilities=True)
+    part = predictor.predict_region(image, 37, 301, 90, 250, predictor.statistics(image), probabilities=True)
+    assert np.array_equal(part.probabilities, full.probabilities[:, 37:301, 90:250])

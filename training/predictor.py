@@ -46,8 +46,10 @@ from training.readers import fit_channels
 from training.tiling import Box, Tile, TileGrid, check_region
 from training.writers import ArraySink, Sink, as_sink, encode_probabilities, label_dtype
 
-#: Tiles per forward pass when the caller does not say (CPU and GPU).
-DEFAULT_BATCH = {"cpu": 2, "cuda": 8}
+#: Tiles per forward pass when the caller does not say. 1 on the CPU: oneDNN results differ in the
+#: last bits with the batch size, and one tile per pass makes a region computed alone (a Dask block)
+#: byte-identical to the same region of a whole run; big tiles keep the CPU busy anyway.
+DEFAULT_BATCH = {"cpu": 1, "cuda": 8}
 #: Batches the reader thread may prepare ahead of the model.
 PREFETCH_BATCHES = 2
 #: Test-time augmentations: name -> list of (rotations by 90 degrees, horizontal flip).
