@@ -60,7 +60,7 @@ def mirror_window(image: ArrayLike2D, y0: int, y1: int, x0: int, x1: int) -> np.
     block = np.asarray(image[r0:r1, c0:c1])
     if (r1 - r0, c1 - c0) == (y1 - y0, x1 - x0) and r0 == y0 and c0 == x0:
         return block
-    return block[np.ix_(rows - r0, cols - c0)]
+    return block.take(rows - r0, axis=0).take(cols - c0, axis=1)
 
 
 def mirror_pad(image: np.ndarray, before: tuple[int, int], after: tuple[int, int]) -> np.ndarray:
