@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 import torch
 
@@ -19,6 +20,16 @@ from training.writers import encode_png
 TILE = 92
 #: Files of DST that are bookkeeping, not outputs (compared separately).
 BOOKKEEPING = ("manifest.jsonl", ".tessera-batch.lock")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One PyTorch thread in the test process: on a shared 2-core machine, two intra-op threads
+    of a tiny model spend most of their time waiting for each other (measured: 10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_bundle(path: Path, seed: int = 0) -> Path:

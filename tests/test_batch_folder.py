@@ -16,7 +16,7 @@ import tifffile
 from service.batch import segment_folder
 from service.batch.files import UnsafeNameError, job_lock, safe_relative
 from service.cli import main
-from tests.batch_support import TILE, make_bundle, make_folder, tree_bytes
+from tests.batch_support import one_thread, TILE, make_bundle, make_folder, tree_bytes
 from training.images import read_image
 from training.overlay import overlay
 from training.predictor import Predictor

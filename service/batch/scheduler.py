@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ HASH_BLOCK = 1 << 20
 
 #: Predictors loaded in this process, by :meth:`PredictorSpec.key` (one per worker process).
 _PREDICTORS: dict[str, Predictor] = {}
+#: How many times this process built a predictor, by spec key (diagnostics: once per worker).
+LOADS: Counter[str] = Counter()
 
 
 def file_sha256(path: str | Path) -> str:
@@ -78,6 +81,7 @@ class PredictorSpec:
 
 def load_predictor(spec: PredictorSpec) -> Predictor:
     """Build the predictor of ``spec`` after checking the bundle file is the one planned."""
+    LOADS[spec.key()] += 1
     found = file_sha256(spec.bundle)
     if found != spec.sha256:
         raise ValueError(f"{spec.bundle}: bundle changed during the job (sha256 {found[:12]}, expected {spec.sha256[:12]})")
@@ -103,7 +107,11 @@ def release_predictor(spec: PredictorSpec) -> None:
 
 
 class PredictorPlugin(WorkerPlugin):
-    """Loads the job's predictor once when a worker starts (or joins, or is restarted)."""
+    """Loads the job's predictor once when a worker starts (or joins, or is restarted).
+
+    ``threads``: PyTorch threads per worker (``local:N`` shares the cores between its N
+    workers); ``None`` gives each worker of an existing cluster as many as its task threads.
+    """
 
     def __init__(self, spec: PredictorSpec, threads: int | None) -> None:
         self.spec = spec
@@ -113,7 +121,7 @@ class PredictorPlugin(WorkerPlugin):
     def setup(self, worker) -> None:
         from training.device import set_cpu_threads
 
-        set_cpu_threads(self.threads)
+        set_cpu_threads(self.threads or getattr(worker.state, "nthreads", None))
         predictor_for(self.spec)
 
     def teardown(self, worker) -> None:

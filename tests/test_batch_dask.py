@@ -1,0 +1,65 @@
+"""Dask runs (LocalCluster of 2 worker processes) are byte-identical to in-process runs, for both
+job kinds, and each worker loads the model once (WorkerPlugin), not once per task."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from service.batch import segment_folder, segment_gigapixel
+from service.batch.scheduler import PredictorSpec, parse_scheduler
+from tests.batch_support import TILE, leftovers, make_bundle, make_folder, make_slide, one_thread, tree_bytes  # noqa: F401
+
+#: Gigapixel chunk edge (2 tile steps): 12 chunks for the slide below.
+CHUNK = 104
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
+
+
+def test_folder_job_on_local_2_equals_in_process(bundle: Path, tmp_path: Path) -> None:
+    make_folder(tmp_path / "src", 8)
+    (tmp_path / "src" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n....")
+    local = segment_folder(bundle, tmp_path / "src", tmp_path / "local", scheduler="local:2", tile=TILE,
+                           overlay=True, probabilities=True)
+    here = segment_folder(bundle, tmp_path / "src", tmp_path / "here", tile=TILE, overlay=True, probabilities=True)
+    assert (local.scheduler, local.succeeded, local.failed) == ("local:2", 8, 1)
+    assert (here.succeeded, here.failed) == (8, 1)
+    expected = tree_bytes(tmp_path / "here")
+    assert len(expected) == 24 and tree_bytes(tmp_path / "local") == expected
+    assert leftovers(tmp_path / "local") == []
+
+
+def test_gigapixel_job_on_a_2_process_cluster_equals_in_process(bundle: Path, tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    import service.batch.scheduler as scheduler
+
+    slide = tmp_path / "slide.tif"
+    make_slide(slide, 250, 330)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        report = segment_gigapixel(bundle, slide, tmp_path / "dask", scheduler=cluster.scheduler_address, tile=TILE,
+                                   chunk=CHUNK, probabilities=True, tiff=True)
+        loads = client.run(lambda: sum(scheduler.LOADS.values()))
+    assert report.chunks == 12 and report.computed == 12
+    assert sorted(loads.values()) == [1, 1]  # 12 tasks, one model load per worker process
+    segment_gigapixel(bundle, slide, tmp_path / "here", tile=TILE, chunk=CHUNK, probabilities=True, tiff=True)
+    expected = tree_bytes(tmp_path / "here")
+    assert any(name.startswith("slide.zarr/0/c/") for name in expected)
+    assert tree_bytes(tmp_path / "dask") == expected
+
+
+def test_scheduler_parsing_and_spec_key() -> None:
+    assert parse_scheduler("in-process") == ("in-process", None)
+    assert parse_scheduler("local:3") == ("local", 3)
+    assert parse_scheduler("tcp://127.0.0.1:8786") == ("remote", "tcp://127.0.0.1:8786")
+    for bad in ("local:0", "local:x", "cluster", "tcp://", "http://host:1"):
+        with pytest.raises(ValueError, match="scheduler"):
+            parse_scheduler(bad)
+    spec = PredictorSpec("b", "s", 92, None, "none")
+    assert spec.key() == PredictorSpec("b", "s", 92, None, "none").key() != PredictorSpec("b", "s", 96, None, "none").key()
