@@ -3,13 +3,15 @@ job kinds, and each worker loads the model once (WorkerPlugin), not once per tas
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
 
-from service.batch import segment_folder, segment_gigapixel
-from service.batch.scheduler import PredictorSpec, parse_scheduler
+import service.batch.scheduler as scheduler
+from service.batch import prepare, segment_folder, segment_gigapixel
+from service.batch.folder import FolderOptions, run_folder
+from service.batch.gigapixel import run_gigapixel
+from service.batch.scheduler import PredictorSpec, open_runner, parse_scheduler
 from tests.batch_support import TILE, leftovers, make_bundle, make_folder, make_slide, one_thread, tree_bytes  # noqa: F401
 
 #: Gigapixel chunk edge (2 tile steps): 12 chunks for the slide below.
@@ -21,11 +23,21 @@ def bundle(tmp_path_factory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
 
 
-def test_folder_job_on_local_2_equals_in_process(bundle: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def local2(bundle: Path):
+    """``--scheduler local:2``: one LocalCluster of 2 worker processes, shared by both jobs."""
+    spec, predictor = prepare(bundle, TILE, None, False, "cpu")
+    runner = open_runner("local:2", spec, predictor)
+    yield spec, predictor, runner
+    runner.close()
+
+
+def test_folder_job_on_local_2_equals_in_process(bundle: Path, local2, tmp_path: Path) -> None:
+    spec, _, runner = local2
     make_folder(tmp_path / "src", 8)
     (tmp_path / "src" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n....")
-    local = segment_folder(bundle, tmp_path / "src", tmp_path / "local", scheduler="local:2", tile=TILE,
-                           overlay=True, probabilities=True)
+    options = FolderOptions(overlay=True, probabilities=True)
+    local = run_folder(str(tmp_path / "src"), tmp_path / "local", spec, runner, options)
     here = segment_folder(bundle, tmp_path / "src", tmp_path / "here", tile=TILE, overlay=True, probabilities=True)
     assert (local.scheduler, local.succeeded, local.failed) == ("local:2", 8, 1)
     assert (here.succeeded, here.failed) == (8, 1)
@@ -34,24 +46,23 @@ def test_folder_job_on_local_2_equals_in_process(bundle: Path, tmp_path: Path) -
     assert leftovers(tmp_path / "local") == []
 
 
-def test_gigapixel_job_on_a_2_process_cluster_equals_in_process(bundle: Path, tmp_path: Path) -> None:
-    from distributed import Client, LocalCluster
-
-    import service.batch.scheduler as scheduler
-
+def test_gigapixel_job_on_local_2_equals_in_process(bundle: Path, local2, tmp_path: Path) -> None:
+    spec, predictor, runner = local2
     slide = tmp_path / "slide.tif"
     make_slide(slide, 250, 330)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        report = segment_gigapixel(bundle, slide, tmp_path / "dask", scheduler=cluster.scheduler_address, tile=TILE,
-                                   chunk=CHUNK, probabilities=True, tiff=True)
-        loads = client.run(lambda: sum(scheduler.LOADS.values()))
+    report = run_gigapixel(slide, tmp_path / "dask", spec, predictor, runner, probabilities=True, tiff=True, chunk=CHUNK)
     assert report.chunks == 12 and report.computed == 12
-    assert sorted(loads.values()) == [1, 1]  # 12 tasks, one model load per worker process
     segment_gigapixel(bundle, slide, tmp_path / "here", tile=TILE, chunk=CHUNK, probabilities=True, tiff=True)
     expected = tree_bytes(tmp_path / "here")
     assert any(name.startswith("slide.zarr/0/c/") for name in expected)
     assert tree_bytes(tmp_path / "dask") == expected
+
+
+def test_each_worker_loaded_the_model_once(local2) -> None:
+    """After 9 + 12 tasks on 2 workers: one load per worker process (the WorkerPlugin's)."""
+    _, _, runner = local2
+    loads = runner.client.run(lambda: sum(scheduler.LOADS.values()))
+    assert sorted(loads.values()) == [1, 1]
 
 
 def test_scheduler_parsing_and_spec_key() -> None:
