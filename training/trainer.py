@@ -444,8 +444,12 @@ class Trainer:
             return True
         return False
 
-    def fit(self, resume: bool = False) -> TrainResult:
-        """Train until the epochs, the time budget or early stopping end the run."""
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+        """Train until the epochs, the time budget or early stopping end the run.
+
+        ``stop_after`` ends this call after that many epochs, as an interruption would (the run
+        continues with ``resume=True``); the schedule still spans the whole configured run.
+        """
         r = self.config.run
         if resume:
             self.resume()
@@ -453,8 +457,12 @@ class Trainer:
         wall_start = time.monotonic()
         deadline = wall_start + 60 * r.max_minutes - self.elapsed if r.max_minutes else None
         stopped = "epochs"
+        first_epoch = self.epoch
         with self._progress() as progress:
             while True:
+                if stop_after is not None and self.epoch - first_epoch >= stop_after:
+                    stopped = "interrupted"
+                    break
                 if r.epochs is not None and self.epoch >= r.epochs:
                     stopped = "epochs"
                     break
