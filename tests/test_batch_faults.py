@@ -28,7 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 WAIT = 120
 #: Gigapixel chunk edge: one tile step (52 px), so the slide below has many small chunks.
 CHUNK = 52
-SLIDE = (416, 520)  # 8 x 10 = 80 chunks
+SLIDE = (312, 364)  # 6 x 7 = 42 chunks
+CHUNKS = 42
+#: Images in the folder runs that get killed.
+IMAGES = 24
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def markers(dst: Path, name: str) -> int:
 
 
 def test_sigkill_mid_folder_run_then_rerun_is_byte_identical(bundle: Path, tmp_path: Path) -> None:
-    make_folder(tmp_path / "src", 40, size=(120, 150))
+    make_folder(tmp_path / "src", IMAGES, size=(80, 100))
     segment_folder(bundle, tmp_path / "src", tmp_path / "reference", tile=TILE)
     dst = tmp_path / "dst"
     job = start_cli(str(bundle), str(tmp_path / "src"), str(dst))
@@ -70,9 +73,9 @@ def test_sigkill_mid_folder_run_then_rerun_is_byte_identical(bundle: Path, tmp_p
     job.send_signal(signal.SIGKILL)
     job.wait(WAIT)
     done_when_killed = manifest_lines(dst)
-    assert 2 <= done_when_killed < 40
+    assert 2 <= done_when_killed < IMAGES
     report = segment_folder(bundle, tmp_path / "src", dst, tile=TILE)
-    assert report.ok and report.skipped >= done_when_killed - 1 and report.skipped + report.succeeded == 40
+    assert report.ok and report.skipped >= done_when_killed - 1 and report.skipped + report.succeeded == IMAGES
     assert tree_bytes(dst) == tree_bytes(tmp_path / "reference")
     assert leftovers(dst) == []
 
@@ -86,9 +89,9 @@ def test_sigkill_mid_gigapixel_run_then_rerun_is_byte_identical(bundle: Path, tm
     wait_for(lambda: markers(dst, "slide") >= 3, "three chunks were done", job)
     job.send_signal(signal.SIGKILL)
     job.wait(WAIT)
-    assert not (dst / "slide.zarr").exists() and 3 <= markers(dst, "slide") < 80
+    assert not (dst / "slide.zarr").exists() and 3 <= markers(dst, "slide") < CHUNKS
     report = segment_gigapixel(bundle, slide, dst, tile=TILE, chunk=CHUNK, tiff=True)
-    assert report.resumed >= 3 and report.resumed + report.computed == 80
+    assert report.resumed >= 3 and report.resumed + report.computed == CHUNKS
     assert tree_bytes(dst) == tree_bytes(tmp_path / "reference")
     assert leftovers(dst) == []
 
@@ -128,26 +131,26 @@ def test_killing_a_dask_worker_mid_gigapixel_job_changes_nothing(bundle: Path, l
     dst = tmp_path / "dst"
     thread, outcome = run_in_thread(lambda: run_gigapixel(slide, dst, spec, predictor, runner, chunk=CHUNK))
     wait_for(lambda: markers(dst, "slide") >= 3 or not thread.is_alive(), "three chunks were done")
-    assert markers(dst, "slide") < 80, "the job finished before a worker could be killed"
+    assert markers(dst, "slide") < CHUNKS, "the job finished before a worker could be killed"
     kill_one_worker(runner)
     thread.join(WAIT)
     assert "error" not in outcome, outcome.get("error")
-    assert outcome["report"].computed == 80
+    assert outcome["report"].computed == CHUNKS
     assert tree_bytes(dst) == tree_bytes(tmp_path / "reference")
 
 
 def test_killing_a_dask_worker_mid_folder_job_changes_nothing(bundle: Path, local2, tmp_path: Path) -> None:
     spec, _, runner = local2
-    make_folder(tmp_path / "src", 40, size=(120, 150))
+    make_folder(tmp_path / "src", IMAGES, size=(80, 100))
     segment_folder(bundle, tmp_path / "src", tmp_path / "reference", tile=TILE)
     dst = tmp_path / "dst"
     thread, outcome = run_in_thread(lambda: run_folder(str(tmp_path / "src"), dst, spec, runner, FolderOptions()))
     wait_for(lambda: manifest_lines(dst) >= 2 or not thread.is_alive(), "two images were done")
-    assert manifest_lines(dst) < 40, "the job finished before a worker could be killed"
+    assert manifest_lines(dst) < IMAGES, "the job finished before a worker could be killed"
     kill_one_worker(runner)
     thread.join(WAIT)
     assert "error" not in outcome, outcome.get("error")
-    assert outcome["report"].ok and outcome["report"].succeeded == 40
+    assert outcome["report"].ok and outcome["report"].succeeded == IMAGES
     assert tree_bytes(dst) == tree_bytes(tmp_path / "reference")
     assert leftovers(dst) == []
 
