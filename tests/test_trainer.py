@@ -1,0 +1,127 @@
+"""The segmentation trainer on a few cropped ISBI slices with a tiny U-Net (seconds on a CPU)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from training.bundle import load_bundle, read_bundle_info
+from training.config import load_config
+from training.predictor import Predictor
+from training.trainer import Trainer
+
+ISBI = Path(__file__).resolve().parents[1] / "training" / "assets" / "isbi2012"
+#: Crop of each slice used (pixels per side) and the slices: two train, one validation.
+CROP = 128
+SLICES = ("0", "1", "25")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("isbi")
+    for kind in ("image", "label"):
+        (root / kind).mkdir()
+        for name in SLICES:
+            pixels = np.asarray(Image.open(ISBI / kind / f"{name}.png"))[:CROP, :CROP]
+            Image.fromarray(pixels).save(root / kind / f"{name}.png")
+    shutil.copy(ISBI / "label" / "classes.yaml", root / "label" / "classes.yaml")
+    return root
+
+
+def tiny(data: Path, output: Path, *overrides: str):
+    return load_config(None, [
+        f"data.images={data / 'image'}", f"data.masks={data / 'label'}", "data.val=[25]",
+        "model.depth=2", "model.width=4", "patch.size=92", "patch.batch_size=2",
+        "patch.samples_per_epoch=6", "run.epochs=3", "run.threads=1", "run.progress=false",
+        "run.overlays=1", "optim.lr=0.01", "augment.elastic.p=0.5", f"run.output={output}", *overrides,
+    ])
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def test_trains_and_writes_everything(data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny(data, tmp_path / "run"), command=["tessera", "train"], log=quiet)
+    result = trainer.fit()
+    losses = [row["train_loss"] for row in result.history]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert result.stopped == "epochs"
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[2]["train_loss"]) == pytest.approx(losses[2])
+    document = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert document["history"][0]["val_pixel_error"] == pytest.approx(result.history[0]["val_pixel_error"])
+    for name in ("curves.png", "overlays/25.png"):
+        assert (tmp_path / "run" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The last bundle reloads into a model whose outputs equal the trained one's, bit for bit.
+    # (same memory layout on both sides: the predictor runs models channels_last)
+    bundle = load_bundle(result.last)
+    reloaded = bundle.model.to(memory_format=torch.channels_last)
+    x = torch.randn(1, 1, 92, 92, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=torch.channels_last)
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), trainer.model(x))
+    info = read_bundle_info(result.best)
+    assert info.classes == ["membrane", "cell"] and info.geometry.margin == 20
+    assert info.provenance["command"] == "tessera train" and info.provenance["seed"] == 0
+    assert info.provenance["data"]["train"] == ["0", "1"] and info.provenance["data"]["val"] == ["25"]
+    assert info.provenance["config"]["model"]["width"] == 4 and "torch" in info.provenance["versions"]
+    assert info.metrics["epoch"] == result.best_metrics["epoch"]
+    # Validation went through the Predictor: re-scoring the best bundle gives the logged numbers.
+    image = np.asarray(Image.open(data / "image" / "25.png"))
+    labels = Predictor(result.best, device="cpu").predict(image).labels
+    truth = (np.asarray(Image.open(data / "label" / "25.png")) == 255).astype(np.int64)
+    assert np.mean(labels != truth) == pytest.approx(result.best_metrics["val_pixel_error"])
+
+
+def test_resume_equals_uninterrupted(data: Path, tmp_path: Path) -> None:
+    whole = Trainer(tiny(data, tmp_path / "whole"), log=quiet).fit()
+    Trainer(tiny(data, tmp_path / "split"), log=quiet).fit(stop_after=1)
+    assert json.loads((tmp_path / "split" / "last.state.json").read_text())["epoch"] == 1
+    resumed = Trainer(tiny(data, tmp_path / "split"), log=quiet).fit(resume=True)
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    # Same patches, augmentations, schedule and optimizer state: the same weights. (Up to float
+    # rounding: CPU kernels are not bit-reproducible run to run; two uninterrupted runs differ by
+    # ~1e-7 too.) A run restarted from scratch instead of resumed is far from it.
+    a, b = load_file(str(whole.last)), load_file(str(resumed.last))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+    assert [r["train_loss"] for r in resumed.history] == pytest.approx([r["train_loss"] for r in whole.history], rel=1e-5)
+    restarted = load_file(str(Trainer(tiny(data, tmp_path / "fresh", "run.epochs=2"), log=quiet).fit().last))
+    assert max(float((restarted[k].float() - a[k].float()).abs().max()) for k in a) > 1e-3
+
+
+def test_resume_without_state_is_a_clear_error(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="last.safetensors: missing, cannot resume"):
+        Trainer(tiny(data, tmp_path / "none"), log=quiet).fit(resume=True)
+
+
+def test_early_stopping(data: Path, tmp_path: Path) -> None:
+    # A learning rate too small to change a prediction: the monitored Dice cannot improve.
+    config = tiny(data, tmp_path / "early", "run.epochs=10", "run.patience=1", "optim.lr=1e-12",
+                  "optim.schedule=constant", "run.overlays=0")
+    result = Trainer(config, log=quiet).fit()
+    assert result.stopped == "early" and len(result.history) == 2
+    assert result.best_metrics["epoch"] == 1
+
+
+def test_frozen_encoder_does_not_change(data: Path, tmp_path: Path) -> None:
+    config = tiny(data, tmp_path / "frozen", "run.epochs=1", "model.freeze_encoder_epochs=-1", "run.overlays=0")
+    trainer = Trainer(config, log=quiet)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    encoder = [k for k in before if k.startswith(("stem.", "down."))]
+    decoder = [k for k in before if k.startswith(("up.", "head.")) and before[k].is_floating_point()]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
