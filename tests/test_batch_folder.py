@@ -4,7 +4,6 @@ resume, refused names, collisions, the DST lock and leftover temporaries."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ import tifffile
 from service.batch import segment_folder
 from service.batch.files import UnsafeNameError, job_lock, safe_relative
 from service.cli import main
-from tests.batch_support import one_thread, TILE, make_bundle, make_folder, tree_bytes
+from tests.batch_support import TILE, make_bundle, make_folder, one_thread, tree_bytes  # noqa: F401 (autouse fixture)
 from training.images import read_image
 from training.overlay import overlay
 from training.predictor import Predictor

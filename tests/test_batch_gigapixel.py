@@ -13,7 +13,7 @@ import zarr
 
 from service.batch import segment_gigapixel
 from service.batch.gigapixel import DONE_FOLDER, chunk_shape, output_stem
-from tests.batch_support import one_thread, TILE, leftovers, make_bundle, make_slide, tree_bytes
+from tests.batch_support import TILE, leftovers, make_bundle, make_slide, one_thread, tree_bytes  # noqa: F401 (autouse fixture)
 from training.predictor import Predictor
 from training.writers import encode_probabilities
 

@@ -114,8 +114,10 @@ def list_inputs(src: str, dst: Path) -> tuple[list[tuple[str, Path]], list[tuple
         return _from_listing(Path(src))
     if any(c in src for c in GLOB_CHARACTERS):
         base = Path(_glob_base(src))
+        dst_resolved = dst.resolve()
         found = [Path(p) for p in glob.glob(src, recursive=True)]
-        pairs = [(os.path.relpath(p, base).replace(os.sep, "/"), p) for p in found if _is_image(p)]
+        found = [p for p in found if _is_image(p) and not p.resolve().is_relative_to(dst_resolved)]
+        pairs = [(os.path.relpath(p, base).replace(os.sep, "/"), p) for p in found]
         return _checked(pairs)
     root = Path(src)
     if not root.is_dir():
@@ -287,7 +289,9 @@ def run_folder(
             account(record)
         pending = []
         for item in items:
-            record = manifest.finished(item.name, key, _sha_or_none(item.source), root)
+            record = None
+            if item.name in manifest.records:  # hash the input only when there is a record to verify
+                record = manifest.finished(item.name, key, _sha_or_none(item.source), root)
             if record is not None:
                 account(record, skipped=True)
             else:
