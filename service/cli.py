@@ -13,7 +13,7 @@ import importlib
 import sys
 
 #: Sub-command modules, in the order ``tessera --help`` lists them.
-COMMANDS = ("info", "train", "train_classifier", "evaluate", "predict", "batch")
+COMMANDS = ("info", "train", "train_classifier", "evaluate", "predict", "batch", "serve")
 
 EPILOG = """\
 examples:

@@ -1,0 +1,276 @@
+"""The HTTP prediction API: a BentoML 1.4 service, a thin layer over the one predictor.
+
+Serve it with ``tessera serve`` (or ``bentoml serve service.http:Tessera``). The model bundle is
+``$TESSERA_BUNDLE`` (default: the shipped model), loaded once per worker in ``__init__``, never at
+import. Device ``auto``: CUDA when present (``resources={"gpu": 1}``), else the CPU with
+``torch.set_num_threads`` set to this worker's share of the cores (BentoML's new-style services do
+not, and workers would oversubscribe the CPU).
+
+Routes (OpenAPI at ``/docs.json``, Swagger UI at ``/``):
+
+* ``POST /segment`` -- an image as multipart file (part ``image``) or a raw body with its content
+  type; returns the label PNG, or an overlay PNG, probabilities, or JSON (see :class:`Output`).
+* ``GET /model`` -- the bundle's metadata.
+* ``POST /segment_job/submit``, ``GET /segment_job/status``, ``GET /segment_job/get`` -- the same
+  segmentation as an asynchronous BentoML task for huge images; the result is a tiled TIFF of labels.
+* ``/livez``, ``/readyz`` (ready once the model is loaded), ``/metrics`` (Prometheus, with
+  ``tessera_pixels_segmented_total``) -- from BentoML.
+
+Every refused request gets a 4xx with a JSON body ``{"error": ..., "detail": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import tempfile
+import threading
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+import numpy as np
+import tifffile
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from service.responses import class_statistics, coco_objects, geojson_objects
+from service.uploads import Limits, UploadError, decode_upload, read_upload
+from training.bundle import DEFAULT_BUNDLE, BundleInfo, load_bundle
+from training.device import set_cpu_threads
+from training.images import ImageError, match_channels
+from training.overlay import overlay
+from training.predictor import Predictor
+from training.writers import encode_png, encode_probabilities
+
+#: Environment variables the service reads (documented in the README).
+BUNDLE_ENV = "TESSERA_BUNDLE"
+MAX_BYTES_ENV = "TESSERA_MAX_UPLOAD_BYTES"
+MAX_PIXELS_ENV = "TESSERA_MAX_PIXELS"
+WORKERS_ENV = "TESSERA_WORKERS"
+#: Predictors kept per worker for distinct (tile, tta) requests.
+PREDICTOR_CACHE = 4
+
+app = FastAPI(
+    title="Tessera",
+    version="0.1.0",
+    description="U-Net image segmentation with exact, seam-free tiling of images of any size.",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
+
+pixels_segmented = bentoml.metrics.Counter(
+    name="tessera_pixels_segmented",
+    documentation="Image pixels segmented by this server",
+    labelnames=["endpoint"],
+)
+
+
+class Output(str, Enum):
+    """What ``POST /segment`` returns."""
+
+    mask = "mask"  # label PNG: class indices 0, 1, ... (uint8, 16-bit above 256 classes)
+    overlay = "overlay"  # RGB PNG: the labels drawn over the image
+    probabilities = "probabilities"  # per-class probabilities (see ProbabilityFormat)
+    json = "json"  # per-class statistics, optionally objects (see Geometry)
+
+
+class ProbabilityFormat(str, Enum):
+    tiff = "tiff"  # (K, H, W) uint8 TIFF, round(255 p)
+    npy = "npy"  # (K, H, W) uint8 NumPy array
+    png = "png"  # one class (class_index) as a gray uint8 PNG
+
+
+class Geometry(str, Enum):
+    none = "none"
+    geojson = "geojson"
+    coco = "coco"
+
+
+class TTA(str, Enum):
+    none = "none"
+    flips = "flips"
+    d4 = "d4"
+
+
+def error_response(status: int, error: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_options(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+    return error_response(422, "invalid_option", problems)
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@bentoml.service(
+    name="tessera",
+    resources={"gpu": 1},
+    workers=env_int(WORKERS_ENV, 1),
+    traffic={"timeout": 3600},
+)
+@bentoml.asgi_app(app, path="/")
+class Tessera:
+    """One worker: one loaded bundle and its predictors."""
+
+    def __init__(self) -> None:
+        workers = env_int(WORKERS_ENV, 1)
+        set_cpu_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+        path = os.environ.get(BUNDLE_ENV) or str(DEFAULT_BUNDLE)
+        self.bundle = load_bundle(path)
+        self.limits = Limits(
+            max_bytes=env_int(MAX_BYTES_ENV, Limits.max_bytes),
+            max_pixels=env_int(MAX_PIXELS_ENV, Limits.max_pixels),
+        )
+        self.predictors: dict[tuple, Predictor] = {}
+        self.lock = threading.Lock()
+        self.predictor(None, TTA.none)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def info(self) -> BundleInfo:
+        return self.bundle.info
+
+    def predictor(self, tile: int | None, tta: TTA) -> Predictor:
+        """A predictor for this tile size and TTA, built once and kept (the model is shared)."""
+        key = (tile, tta.value)
+        if key not in self.predictors:
+            if len(self.predictors) >= PREDICTOR_CACHE:
+                self.predictors.pop(next(iter(self.predictors)))
+            self.predictors[key] = Predictor(self.bundle, tile=tile, tta=tta.value)
+        return self.predictors[key]
+
+    def segment_pixels(self, pixels: np.ndarray, tile: int | None, tta: TTA, probabilities: bool, endpoint: str):
+        """Run the predictor (one request at a time per worker: the model uses every core)."""
+        try:
+            pixels = match_channels(pixels, self.info.in_channels)
+            with self.lock:
+                predictor = self.predictor(tile, tta)
+                prediction = predictor.predict(pixels, probabilities=probabilities)
+        except ImageError as error:
+            raise UploadError(422, error.reason, str(error)) from None
+        except ValueError as error:  # an invalid tile size names the valid ones
+            raise UploadError(422, "invalid_option", str(error)) from None
+        pixels_segmented.labels(endpoint=endpoint).inc(pixels.shape[0] * pixels.shape[1])
+        return pixels, prediction
+
+    # ------------------------------------------------------------------ routes
+    @app.post(
+        "/segment",
+        summary="Segment an image",
+        response_class=Response,
+        responses={
+            200: {"content": {"image/png": {}, "application/json": {}, "image/tiff": {}, "application/octet-stream": {}}},
+            400: {"description": "empty, truncated or malformed upload"},
+            413: {"description": "body or pixel count over the limit"},
+            415: {"description": "not an image type Tessera reads"},
+            422: {"description": "invalid option, shape or channel count"},
+        },
+    )
+    async def segment(
+        self,
+        request: Request,
+        output: Output = Output.mask,
+        probability_format: ProbabilityFormat = ProbabilityFormat.tiff,
+        class_index: Annotated[int | None, Query(ge=0, description="class shown by probability_format=png")] = None,
+        geometry: Geometry = Geometry.none,
+        threshold: Annotated[float | None, Query(gt=0, lt=1, description="two-class models: class 1 where p1 >= threshold")] = None,
+        tta: TTA = TTA.none,
+        tile: Annotated[int | None, Query(ge=1, le=8192, description="tile input size (a valid size for the model)")] = None,
+        pixel_size: Annotated[float, Query(gt=0, description="units per pixel, for areas in JSON")] = 1.0,
+    ) -> Response:
+        """Segment the uploaded image (multipart part ``image`` or a raw image body).
+
+        Returns the label mask as PNG by default; ``output`` chooses overlay, probabilities or JSON.
+        """
+        unknown = set(request.query_params) - set(SEGMENT_OPTIONS)
+        if unknown:
+            return error_response(422, "invalid_option", f"unknown option(s): {', '.join(sorted(unknown))}")
+        try:
+            self.check_options(output, class_index, threshold)
+            data = await read_upload(request, self.limits)
+            pixels = decode_upload(data, self.limits)
+            want_probabilities = output == Output.probabilities or threshold is not None
+            pixels, prediction = await asyncio.to_thread(
+                self.segment_pixels, pixels, tile, tta, want_probabilities, "segment"
+            )
+        except UploadError as error:
+            return error_response(error.status, error.error, error.detail)
+        labels = prediction.labels
+        if threshold is not None:
+            labels = (prediction.probabilities[1] >= threshold).astype(labels.dtype)
+        return self.render(output, pixels, labels, prediction.probabilities, probability_format, class_index, geometry, pixel_size)
+
+    @app.get("/model", summary="The served model's metadata")
+    def model(self) -> dict:
+        """Classes, architecture, tile geometry, normalisation, provenance and metrics of the bundle."""
+        return {"bundle": Path(self.bundle.path).name, **self.info.to_dict()}
+
+    # ------------------------------------------------------------------ checks and rendering
+    def check_options(self, output: Output, class_index: int | None, threshold: float | None) -> None:
+        classes = len(self.info.classes)
+        if threshold is not None and classes != 2:
+            raise UploadError(422, "invalid_option", f"threshold needs a two-class model; this one has {classes}")
+        if class_index is not None and class_index >= classes:
+            raise UploadError(422, "invalid_option", f"class_index {class_index}: the model has classes 0..{classes - 1}")
+
+    def render(self, output, pixels, labels, probabilities, probability_format, class_index, geometry, pixel_size) -> Response:
+        classes = self.info.classes
+        if output == Output.mask:
+            return Response(encode_png(labels), media_type="image/png")
+        if output == Output.overlay:
+            return Response(encode_png(overlay(pixels, labels)), media_type="image/png")
+        if output == Output.probabilities:
+            quantised = encode_probabilities(probabilities, np.uint8)
+            return probability_response(quantised, probability_format, class_index)
+        body: dict = {
+            "size": list(labels.shape),
+            "classes": class_statistics(labels, classes, pixel_size),
+        }
+        include = [k for k in range(len(classes)) if k != 0]
+        if geometry == Geometry.geojson:
+            body["objects"] = geojson_objects(labels, classes, include, pixel_size)
+        elif geometry == Geometry.coco:
+            body["objects"] = coco_objects(labels, classes, include)
+        return Response(json.dumps(body), media_type="application/json")
+
+    # ------------------------------------------------------------------ asynchronous jobs
+    @bentoml.task(route="/segment_job")
+    def segment_job(self, image: Path) -> Path:
+        """Segment a huge image asynchronously; the result is a tiled TIFF of class indices.
+
+        Submit with ``POST /segment_job/submit`` (multipart part ``image``), poll
+        ``GET /segment_job/status?task_id=...``, download ``GET /segment_job/get?task_id=...``.
+        """
+        pixels = decode_upload(Path(image).read_bytes(), self.limits)
+        _, prediction = self.segment_pixels(pixels, None, TTA.none, False, "segment_job")
+        out = Path(tempfile.mkdtemp(prefix="tessera-job-")) / "labels.tif"
+        tifffile.imwrite(out, prediction.labels, tile=(256, 256), compression="zlib", bigtiff=True)
+        return out
+
+
+#: Query options ``POST /segment`` accepts; anything else is refused with 422.
+SEGMENT_OPTIONS = ("output", "probability_format", "class_index", "geometry", "threshold", "tta", "tile", "pixel_size")
+
+
+def probability_response(quantised: np.ndarray, fmt: ProbabilityFormat, class_index: int | None) -> Response:
+    """(K, H, W) uint8 probabilities as TIFF, .npy, or one class as a gray PNG."""
+    if fmt == ProbabilityFormat.png:
+        index = class_index if class_index is not None else quantised.shape[0] - 1
+        return Response(encode_png(quantised[index]), media_type="image/png")
+    buffer = io.BytesIO()
+    if fmt == ProbabilityFormat.npy:
+        np.save(buffer, quantised, allow_pickle=False)
+        return Response(buffer.getvalue(), media_type="application/octet-stream")
+    tifffile.imwrite(buffer, quantised, photometric="minisblack")
+    return Response(buffer.getvalue(), media_type="image/tiff")
