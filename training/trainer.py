@@ -207,9 +207,9 @@ class Trainer:
             train = folder.select(d.train) if d.train else folder
             val = SegmentationFolder(d.val_images, d.val_masks, labels=folder.labels, ignore=d.ignore_index)
         else:
-            val = folder.select(_selection(d.val)) if d.val else None
+            val = folder.select(select_items(d.val)) if d.val else None
             if d.train:
-                train = folder.select(_selection(d.train))
+                train = folder.select(select_items(d.train))
             else:
                 held = set(val.names) if val is not None else set()
                 train = folder.select([n for n in folder.names if n not in held])
@@ -559,8 +559,9 @@ class Trainer:
         return files
 
 
-def _selection(items: list[str]) -> list[int | str]:
-    """Config stem lists: ``["0-24"]`` -> positions; plain stems stay names."""
+def select_items(items: list[str]) -> list[int | str]:
+    """Config stem lists: ranges such as ``"0-24"`` are positions (natural stem order), anything
+    else is a stem: ``["0-24"]`` -> ``[0, ..., 24]``, ``["26", "a"]`` -> ``["26", "a"]``."""
     from training.data.dataset import parse_selection
 
     chosen: list[int | str] = []

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from training.data.dataset import ISBI_HOLDOUT, SegmentationFolder, isbi2012
+from training.trainer import select_items
 
 EXAMPLES = """\
 examples:
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", help="folder of images (default with --isbi or no folders: ISBI 2012)")
     parser.add_argument("--masks", help="folder of masks, paired by file stem")
     parser.add_argument("--isbi", action="store_true", help="the shipped ISBI 2012 hold-out slices 25-29")
-    parser.add_argument("--select", help="positions or stems to score, e.g. '25-29' (default: all)")
+    parser.add_argument("--select", help="stems, or ranges of positions, to score, e.g. '25-29' or '7,img_3' (default: all)")
     parser.add_argument("--overlays", help="folder for one overlay PNG per image")
     parser.add_argument("--rand-class", help="class whose components the adapted Rand error compares")
     parser.add_argument("--device", default="auto")
@@ -52,7 +53,7 @@ def dataset(args: argparse.Namespace) -> SegmentationFolder:
         raise ValueError("give both --images and --masks (or neither, for the ISBI hold-out)")
     if args.images:
         folder = SegmentationFolder(args.images, args.masks)
-        return folder.select(args.select) if args.select else folder
+        return folder.select(select_items(args.select.split(","))) if args.select else folder
     return isbi2012(args.select or ISBI_HOLDOUT)
 
 
