@@ -48,10 +48,21 @@ def random_image(shape: tuple[int, ...], seed: int = 0, dtype=np.uint8) -> np.nd
     return rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
 
 
+#: Probability margin between the two likeliest classes below which float32 round-off (the
+#: tiled and whole passes run convolutions of different sizes: ~1e-7) may decide the label.
+FLOAT_TIE = 1e-6
+
+
 def assert_exact(tiled, whole) -> None:
+    """max |p diff| <= 1e-5 and identical labels, except at float32 ties (two classes within
+    :data:`FLOAT_TIE`), of which at most one pixel per image may differ."""
     assert tiled.labels.dtype == np.uint8 and tiled.labels.shape == whole.labels.shape
     assert np.abs(tiled.probabilities - whole.probabilities).max() <= 1e-5
-    assert np.array_equal(tiled.labels, whole.labels)
+    differ = tiled.labels != whole.labels
+    if differ.any():
+        top = np.sort(whole.probabilities, axis=0)
+        margin = top[-1] - (top[-2] if top.shape[0] > 1 else 1 - top[-1])
+        assert differ.sum() <= 1 and (np.abs(margin[differ]) <= FLOAT_TIE).all()
 
 
 @pytest.fixture(scope="module")
