@@ -25,7 +25,6 @@ import asyncio
 import io
 import json
 import os
-import tempfile
 import threading
 from enum import Enum
 from pathlib import Path
@@ -246,17 +245,19 @@ class Tessera:
 
     # ------------------------------------------------------------------ asynchronous jobs
     @bentoml.task(route="/segment_job")
-    def segment_job(self, image: Path) -> Path:
+    def segment_job(self, image: Path) -> bytes:
         """Segment a huge image asynchronously; the result is a tiled TIFF of class indices.
 
         Submit with ``POST /segment_job/submit`` (multipart part ``image``), poll
         ``GET /segment_job/status?task_id=...``, download ``GET /segment_job/get?task_id=...``.
+        (The TIFF is returned as bytes: BentoML 1.4.39 cannot store a file result of a task under
+        Starlette 1.x, whose FileResponse needs a request method the task store does not give.)
         """
         pixels = decode_upload(Path(image).read_bytes(), self.limits)
         _, prediction = self.segment_pixels(pixels, None, TTA.none, False, "segment_job")
-        out = Path(tempfile.mkdtemp(prefix="tessera-job-")) / "labels.tif"
-        tifffile.imwrite(out, prediction.labels, tile=(256, 256), compression="zlib", bigtiff=True)
-        return out
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, prediction.labels, tile=(256, 256), compression="zlib", bigtiff=True)
+        return buffer.getvalue()
 
 
 #: Query options ``POST /segment`` accepts; anything else is refused with 422.
