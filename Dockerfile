@@ -6,7 +6,7 @@
 #   docker run -p 3000:3000 -v /srv/models:/models:ro \
 #       -e TESSERA_BUNDLE=/models/cells.safetensors tessera     # another model
 #   docker run --user "$(id -u):$(id -g)" -v "$PWD:/data" tessera \
-#       tessera batch /data/in --output /data/out       # a batch job, same image
+#       tessera batch default /data/in /data/out        # a batch job, same image
 #
 # The PyPI torch wheels bundle CUDA, so one image serves on a GPU when the container is given one
 # and on the CPU otherwise. The dependency layers come from pyproject.toml's pins and are cached
