@@ -2,7 +2,8 @@
 
 Each sub-command lives in its own module under :mod:`service.commands` and exposes
 ``register(subparsers)``, which adds its parser and sets ``handler`` to a function taking the parsed
-arguments and returning an exit code. Errors meant for the user are raised as :class:`UserError`
+arguments and returning an exit code. Only the module of the sub-command being run is imported
+(the others pull in PyTorch): ``tessera --help`` answers at once. Errors meant for the user are raised as :class:`UserError`
 (or the library's ``ValueError`` subclasses) and printed as one line, with exit code 2.
 """
 
@@ -12,8 +13,16 @@ import argparse
 import importlib
 import sys
 
-#: Sub-command modules, in the order ``tessera --help`` lists them.
-COMMANDS = ("info", "train", "train_classifier", "evaluate", "predict", "batch", "serve")
+#: Sub-command -> (module in service.commands, one-line summary), in the order --help lists them.
+COMMANDS = {
+    "info": ("info", "describe a model bundle or an architecture (JSON)"),
+    "train": ("train", "train a segmentation model (YAML config + overrides)"),
+    "train-classifier": ("train_classifier", "train a backbone as an image classifier (class sub-folders)"),
+    "evaluate": ("evaluate", "metrics of a bundle on images with masks (JSON)"),
+    "predict": ("predict", "segment an image of any size (exact tiled inference)"),
+    "batch": ("batch", "segment a folder of images or one gigapixel image (resumable, Dask)"),
+    "serve": ("serve", "serve a model over HTTP (BentoML)"),
+}
 
 EPILOG = """\
 examples:
@@ -29,7 +38,10 @@ class UserError(Exception):
     """A problem with the user's input, printed without a traceback."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with the full parser of the sub-command named in ``argv`` (all of them when
+    ``argv`` is None) and a summary-only one for the rest."""
+    chosen = set(COMMANDS) if argv is None else {next((a for a in argv if not a.startswith("-")), None)}
     parser = argparse.ArgumentParser(
         prog="tessera",
         description="Tessera: U-Net image segmentation, exact tiling of images of any size.",
@@ -37,13 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"service.commands.{name}").register(subparsers)
+    for name, (module, summary) in COMMANDS.items():
+        if name in chosen:
+            importlib.import_module(f"service.commands.{module}").register(subparsers)
+        else:
+            subparsers.add_parser(name, help=summary, description=summary)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except (UserError, ValueError, OSError) as error:
