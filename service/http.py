@@ -27,10 +27,12 @@ import json
 import os
 import threading
 from enum import Enum
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
 import bentoml
+from bentoml.exceptions import BentoMLException
 import numpy as np
 import tifffile
 from fastapi import FastAPI, Query, Request
@@ -183,10 +185,10 @@ class Tessera:
         probability_format: ProbabilityFormat = ProbabilityFormat.tiff,
         class_index: Annotated[int | None, Query(ge=0, description="class shown by probability_format=png")] = None,
         geometry: Geometry = Geometry.none,
-        threshold: Annotated[float | None, Query(gt=0, lt=1, description="two-class models: class 1 where p1 >= threshold")] = None,
+        threshold: Annotated[float | None, Query(ge=0, le=1, description="two-class models: class 1 where p1 >= threshold")] = None,
         tta: TTA = TTA.none,
         tile: Annotated[int | None, Query(ge=1, le=8192, description="tile input size (a valid size for the model)")] = None,
-        pixel_size: Annotated[float, Query(gt=0, description="units per pixel, for areas in JSON")] = 1.0,
+        pixel_size: Annotated[float, Query(ge=1e-12, description="units per pixel, for areas in JSON")] = 1.0,
     ) -> Response:
         """Segment the uploaded image (multipart part ``image`` or a raw image body).
 
@@ -253,8 +255,11 @@ class Tessera:
         (The TIFF is returned as bytes: BentoML 1.4.39 cannot store a file result of a task under
         Starlette 1.x, whose FileResponse needs a request method the task store does not give.)
         """
-        pixels = decode_upload(Path(image).read_bytes(), self.limits)
-        _, prediction = self.segment_pixels(pixels, None, TTA.none, False, "segment_job")
+        try:
+            pixels = decode_upload(Path(image).read_bytes(), self.limits)
+            _, prediction = self.segment_pixels(pixels, None, TTA.none, False, "segment_job")
+        except UploadError as error:  # BentoML answers {"error": message} with this status
+            raise BentoMLException(f"{error.error}: {error.detail}", error_code=HTTPStatus(error.status)) from None
         buffer = io.BytesIO()
         tifffile.imwrite(buffer, prediction.labels, tile=(256, 256), compression="zlib", bigtiff=True)
         return buffer.getvalue()

@@ -11,6 +11,7 @@ import torch
 from training.bundle import new_bundle_info, save_bundle
 from training.models import build_model
 from training.normalization import Normalization
+from tests.service_support import service_bundle, service_url  # noqa: F401  (one real server per session)
 
 ASSETS = Path(__file__).resolve().parents[1] / "training" / "assets"
 ISBI = ASSETS / "isbi2012"

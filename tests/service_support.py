@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import torch
 
 from training.bundle import new_bundle_info, save_bundle
@@ -99,3 +100,21 @@ def wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
                 return
         time.sleep(0.5)
     raise RuntimeError(f"server not ready after {STARTUP_SECONDS} s:\n{log.read_text()[-3000:]}")
+
+
+#: Upload limit the test server runs with (small, so the over-limit test sends little).
+TEST_MAX_UPLOAD_BYTES = 4 * 2**20
+
+
+@pytest.fixture(scope="session")
+def service_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small bundle the session's server serves."""
+    return write_small_bundle(tmp_path_factory.mktemp("bundle") / "small.safetensors")
+
+
+@pytest.fixture(scope="session")
+def service_url(service_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real server for every service test module of the session."""
+    home = tmp_path_factory.mktemp("bentoml-home")
+    with serve(service_bundle, home, {"TESSERA_MAX_UPLOAD_BYTES": str(TEST_MAX_UPLOAD_BYTES)}) as url:
+        yield url

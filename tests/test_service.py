@@ -21,30 +21,27 @@ from PIL import Image
 from scipy import ndimage
 
 from service.cli import main as tessera
-from tests.service_support import ISBI_SLICE, serve, write_small_bundle
+from tests.service_support import ISBI_SLICE, TEST_MAX_UPLOAD_BYTES
 from training.images import decode_image, read_image
 from training.overlay import overlay
 from training.predictor import Predictor
 from training.writers import encode_png, encode_probabilities
 
-#: Upload limit the test server runs with (small, so the over-limit test sends little).
-MAX_UPLOAD_BYTES = 4 * 2**20
+MAX_UPLOAD_BYTES = TEST_MAX_UPLOAD_BYTES
 RNG = np.random.default_rng(7)
 #: A small gray image (not a multiple of anything) used where the content does not matter.
 SMALL = RNG.integers(0, 256, (61, 83), dtype=np.uint8)
 
 
 @pytest.fixture(scope="session")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_small_bundle(tmp_path_factory.mktemp("bundle") / "small.safetensors")
+def bundle(service_bundle: Path) -> Path:
+    return service_bundle
 
 
 @pytest.fixture(scope="session")
-def server(bundle: Path, tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("bentoml-home")
-    with serve(bundle, home, {"TESSERA_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}) as url:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            yield client
+def server(service_url: str):
+    with httpx.Client(base_url=service_url, timeout=120) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")
@@ -243,6 +240,12 @@ def test_async_job(server: httpx.Client, predictor: Predictor) -> None:
     result = server.get("/segment_job/get", params={"task_id": task_id})
     assert result.status_code == 200
     np.testing.assert_array_equal(tifffile.imread(io.BytesIO(result.content)), predictor.predict(image).labels)
+
+
+def test_async_job_bad_image(server: httpx.Client) -> None:
+    response = server.post("/segment_job", files={"image": ("empty.png", b"", "image/png")})
+    assert response.status_code == 400, response.text
+    assert response.json()  # BentoML's own JSON error body
 
 
 # ---------------------------------------------------------------------------- bad input: one test each
