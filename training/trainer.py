@@ -10,7 +10,7 @@ One :class:`Trainer` runs a :class:`~training.config.TrainConfig`:
   paper's weight map and the albumentations pipeline (:mod:`training.data.augment`), DataLoader
   workers seeded by the augment module's ``worker_init_fn``;
 * **optimisation** -- Adam or SGD (momentum 0.99 by default), learning rate constant or poly
-  ``lr * (1 - progress) ** 0.9`` where progress is the larger of the epoch and the wall-time share
+  ``lr * (1 - progress) ** 0.9`` where progress is the larger of the epoch and the training-time share
   of the budget; loss from :mod:`training.losses`; on CUDA autocast and channels_last
   (:mod:`training.device`);
 * **validation** -- whole hold-out images through :class:`training.predictor.Predictor`, the very
@@ -194,6 +194,7 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.elapsed = 0.0
+        self.wall = 0.0
         self.best_score: float | None = None
         self.best_epoch = 0
         self.bad_epochs = 0
@@ -410,6 +411,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "elapsed": self.elapsed,
+            "wall": self.wall + (time.monotonic() - self._wall_start),
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
@@ -426,6 +428,7 @@ class Trainer:
         self.model.load_state_dict(tensors, strict=True)
         self.optimizer.load_state_dict(optimizer)
         self.epoch, self.step, self.elapsed = record["epoch"], record["step"], record["elapsed"]
+        self.wall = record.get("wall", record["elapsed"])
         self.best_score, self.best_epoch = record["best_score"], record["best_epoch"]
         self.bad_epochs, self.history, self.started = record["bad_epochs"], record["history"], record["started"]
 
@@ -454,8 +457,8 @@ class Trainer:
         if resume:
             self.resume()
         self.output.mkdir(parents=True, exist_ok=True)
-        wall_start = time.monotonic()
-        deadline = wall_start + 60 * r.max_minutes - self.elapsed if r.max_minutes else None
+        wall_start = self._wall_start = time.monotonic()
+        deadline = wall_start + 60 * r.max_minutes - self.wall if r.max_minutes else None
         stopped = "epochs"
         first_epoch = self.epoch
         with self._progress() as progress:

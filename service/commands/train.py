@@ -23,9 +23,9 @@ examples:
   tessera train --config configs/isbi2012.yaml
       the shipped default recipe (ISBI 2012 membranes, classic valid U-Net)
   tessera train --config configs/isbi2012.yaml --max-minutes 5 --output runs/quick
-      the same, stopped after 5 minutes of wall time
+      the same, stopped after 5 minutes of wall time (summed over resumed sittings)
   tessera train --images data/img --masks data/mask --set data.val='[7-9]' --epochs 30
-      your own folders (paired by file stem); stems 7-9 held out for validation
+      your own folders (paired by file stem); positions 7-9 (natural stem order) held out
   tessera train --config my.yaml --arch smp.Unet:resnet18 --set patch.size=256 \\
       --set model.encoder_weights=classifier.safetensors --set model.freeze_encoder_epochs=5
       an smp model whose encoder starts from 'tessera train-classifier' and is frozen 5 epochs
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--masks", help="folder of masks (same file stems)")
     parser.add_argument("--arch", help="unet | smp.<Arch>:<encoder> (e.g. smp.Unet:resnet18)")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--max-minutes", type=float, help="stop after this much wall time")
+    parser.add_argument("--max-minutes", type=float, help="stop after this much wall time (summed over --resume sittings)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="learning rate")
     parser.add_argument("--seed", type=int)
