@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.service_support import ISBI_SLICE, serve  # noqa: E402
 from training.bundle import DEFAULT_BUNDLE  # noqa: E402
+from training.device import set_cpu_threads  # noqa: E402
 from training.images import read_image  # noqa: E402
 from training.predictor import Predictor  # noqa: E402
 
@@ -36,9 +38,11 @@ SLICES = [ISBI_SLICE.parent / f"{index}.png" for index in range(25, 30)]
 
 def in_process_rps(bundle: Path, seconds: float) -> float:
     """Images per second of the in-process predictor on the slices, one after another."""
+    set_cpu_threads(len(os.sched_getaffinity(0)))  # as the one server worker does
     predictor = Predictor(bundle, device="cpu")
     images = [read_image(path) for path in SLICES]
-    predictor.predict(images[0])
+    for image in images:  # warm-up, as the server gets below
+        predictor.predict(image)
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or done < 2:
         predictor.predict(images[done % len(images)])
@@ -98,11 +102,12 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=5000)
     args = parser.parse_args()
 
-    reference = in_process_rps(args.bundle, min(args.seconds, 30.0))
+    reference = in_process_rps(args.bundle, min(args.seconds, 30.0))  # before the server: no contention
     with tempfile.TemporaryDirectory() as home, serve(args.bundle, Path(home)) as url:
         port = int(url.rsplit(":", 1)[1])
         pid = server_pid(port)
-        httpx.post(f"{url}/segment", content=SLICES[0].read_bytes(), headers={"content-type": "image/png"}, timeout=600)
+        for path in SLICES:  # warm-up: allocator pools and kernels for this shape
+            httpx.post(f"{url}/segment", content=path.read_bytes(), headers={"content-type": "image/png"}, timeout=600)
         rss_start = tree_rss(pid)
         started = time.perf_counter()
         latencies, errors = run_clients(url, args.clients, args.seconds, args.max_requests)
