@@ -18,15 +18,12 @@ arguments. A JSON report is printed on stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 
 from service.batch import IN_PROCESS, is_gigapixel_source, segment_folder, segment_gigapixel
-from training.bundle import DEFAULT_BUNDLE
-from training.device import set_cpu_threads
+from service.commands.inference import add_bundle_argument, add_inference_options, parse_tile, prepare, progress_bar
 from training.images import DEFAULT_MAX_PIXELS
-from training.predictor import TTA_MODES
 
 EXAMPLES = """\
 examples:
@@ -41,10 +38,6 @@ examples:
   (rerun any of these after an interruption: only unfinished work is redone)
 """
 
-#: Bundle arguments meaning "the shipped default model".
-DEFAULT_NAMES = ("-", "default")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "batch",
@@ -53,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("bundle", help=f"model bundle (.safetensors), or '-' / 'default' for the shipped {DEFAULT_BUNDLE.name}")
+    add_bundle_argument(parser)
     parser.add_argument("src", help="a folder, a quoted glob, a listing .txt, or one TIFF/BigTIFF/zarr image")
     parser.add_argument("dst", help="output folder (created)")
     parser.add_argument("--scheduler", default=IN_PROCESS,
@@ -64,50 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tiff", action="store_true", help="gigapixel jobs: also write the labels as a tiled BigTIFF")
     parser.add_argument("--chunk", type=int, default=None,
                         help="gigapixel jobs: chunk edge in pixels, rounded to whole tile steps (default about 1024)")
-    parser.add_argument("--tile", default=None, help="tile input size in pixels, or 'auto' (default: the bundle's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:0 ...")
-    parser.add_argument("--tta", nargs="?", const="d4", default="none", choices=tuple(TTA_MODES),
-                        help="test-time augmentation: flips (4) or d4 (8; the default when given)")
-    parser.add_argument("--max-pixels", type=int, default=None,
-                        help=f"refuse larger images (folder default {DEFAULT_MAX_PIXELS:,}; gigapixel default: none)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch in this process")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_inference_options(parser, None, f"refuse larger images (folder default {DEFAULT_MAX_PIXELS:,}; gigapixel default: none)")
     parser.set_defaults(handler=run)
 
 
-def parse_tile(text: str | None) -> int | str | None:
-    if text is None or text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"--tile must be a number of pixels or 'auto', not {text!r}") from None
-
-
-def progress_bar(label: str, enabled: bool):
-    """A rich progress bar on stderr (or nothing) and a ``(done, total, *_)`` callback."""
-    if not enabled:
-        return contextlib.nullcontext(), None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True))
-    task = bar.add_task(label, total=None)
-
-    def update(done: int, total: int, *_) -> None:
-        bar.update(task, completed=done, total=total)
-
-    return bar, update
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        set_cpu_threads(args.threads)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
-    bundle = None if args.bundle in DEFAULT_NAMES else args.bundle
+    bundle = prepare(args)
     common = {"scheduler": args.scheduler, "tile": parse_tile(args.tile), "batch_size": args.batch_size,
               "tta": args.tta, "device": args.device, "probabilities": args.probabilities}
     shown = not args.quiet and sys.stderr.isatty()

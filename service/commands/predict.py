@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.bundle import DEFAULT_BUNDLE
-from training.device import set_cpu_threads
+from service.commands.inference import add_bundle_argument, add_inference_options, parse_tile, prepare, progress_bar
 from training.images import DEFAULT_MAX_PIXELS
 from training.overlay import save_overlay
-from training.predictor import TTA_MODES, Predictor
+from training.predictor import Predictor
 from training.readers import fit_channels, open_image
 from training.writers import PNG_MAX_PIXELS, PROBABILITY_DTYPES, TeeSink, ArraySink, label_dtype, open_sink
 
@@ -39,10 +38,6 @@ examples:
   tessera predict - huge.tif -o out.zarr --max-pixels 10000000000 --device cuda
 """
 
-#: Bundle arguments meaning "the shipped default model".
-DEFAULT_NAMES = ("-", "default")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
@@ -51,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("bundle", help=f"model bundle (.safetensors), or '-' / 'default' for the shipped {DEFAULT_BUNDLE.name}")
+    add_bundle_argument(parser)
     parser.add_argument("input", help="image: PNG, JPEG, TIFF/BigTIFF (lazy), zarr (lazy)")
     parser.add_argument("-o", "--output", required=True, help="label map: .png, .tif, .zarr or .npy")
     parser.add_argument(
@@ -61,15 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--probability-dtype", choices=tuple(PROBABILITY_DTYPES), default="uint8",
                         help="uint8 = round(255 p) (default), or float16 / float32")
     parser.add_argument("--overlay", metavar="PNG", help="also write the labels drawn over the image (small images)")
-    parser.add_argument("--tile", default=None, help="tile input size in pixels, or 'auto' to measure (default: the bundle's)")
-    parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (halved on out-of-memory)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--tta", nargs="?", const="d4", default="none", choices=tuple(TTA_MODES),
-                        help="test-time augmentation: flips (4) or d4 (8 flips/rotations; the default when given)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help=f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_inference_options(parser, DEFAULT_MAX_PIXELS, f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     parser.set_defaults(handler=run)
 
 
@@ -84,37 +71,9 @@ def probability_path(args: argparse.Namespace) -> Path | None:
     return output.with_name(f"{output.stem}.probabilities{suffix}")
 
 
-def parse_tile(text: str | None) -> int | str | None:
-    if text is None or text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"--tile must be a number of pixels or 'auto', not {text!r}") from None
-
-
-def progress_bar(total: int, enabled: bool):
-    """A rich progress bar on stderr (or nothing), and the callback the predictor calls."""
-    if not enabled:
-        return contextlib.nullcontext(), None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("segmenting"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True,
-    )
-    task = bar.add_task("tiles", total=total)
-    return bar, lambda done, _total: bar.update(task, completed=done)
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    if args.threads:
-        set_cpu_threads(args.threads)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
-    bundle = None if args.bundle in DEFAULT_NAMES else args.bundle
+    bundle = prepare(args)
     source = open_image(args.input, max_pixels=args.max_pixels)
     predictor = Predictor(bundle, device=args.device, tile=parse_tile(args.tile), batch_size=args.batch_size, tta=args.tta)
     source = fit_channels(source, predictor.info.in_channels)
@@ -126,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     attributes = {"classes": predictor.info.classes, "source": str(args.input)}
     probabilities = probability_path(args)
     shown = not args.quiet and len(grid) > 1 and sys.stderr.isatty()
-    bar, callback = progress_bar(len(grid), shown)
+    bar, callback = progress_bar("segmenting tiles", shown)
     with contextlib.ExitStack() as stack:
         labels = stack.enter_context(
             open_sink(args.output, (height, width), label_dtype(classes), (grid.step_h, grid.step_w), {**attributes, "values": "class index"})

@@ -1,0 +1,69 @@
+"""Options and helpers shared by the sub-commands that run the predictor (predict, batch).
+
+One definition of: what names mean the shipped model, the inference options (tile, batch size,
+device, TTA, pixel limit, threads, progress) and their parsing, and the rich progress bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+from training.bundle import DEFAULT_BUNDLE
+from training.device import set_cpu_threads
+from training.predictor import TTA_MODES
+
+#: Bundle arguments meaning "the shipped default model".
+DEFAULT_NAMES = ("-", "default")
+
+
+def add_bundle_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", help=f"model bundle (.safetensors), or '-' / 'default' for the shipped {DEFAULT_BUNDLE.name}")
+
+
+def add_inference_options(parser: argparse.ArgumentParser, max_pixels: int | None, max_pixels_help: str) -> None:
+    """--tile, --batch-size, --device, --tta, --max-pixels, --threads, --quiet."""
+    parser.add_argument("--tile", default=None, help="tile input size in pixels, or 'auto' to measure (default: the bundle's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (halved on out-of-memory)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--tta", nargs="?", const="d4", default="none", choices=tuple(TTA_MODES),
+                        help="test-time augmentation: flips (4) or d4 (8 flips/rotations; the default when given)")
+    parser.add_argument("--max-pixels", type=int, default=max_pixels, help=max_pixels_help)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def prepare(args: argparse.Namespace) -> str | None:
+    """Apply --threads, check --batch-size, and return the bundle path (None: the shipped model)."""
+    if args.threads:
+        set_cpu_threads(args.threads)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
+    return None if args.bundle in DEFAULT_NAMES else args.bundle
+
+
+def parse_tile(text: str | None) -> int | str | None:
+    """--tile as the Predictor takes it: None, "auto" or a number of pixels."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--tile must be a number of pixels or 'auto', not {text!r}") from None
+
+
+def progress_bar(label: str, enabled: bool):
+    """A rich progress bar on stderr (or nothing) and a ``(done, total, *_)`` callback."""
+    if not enabled:
+        return contextlib.nullcontext(), None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True))
+    task = bar.add_task(label, total=None)
+
+    def update(done: int, total: int, *_) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return bar, update
