@@ -97,6 +97,12 @@ def test_truncated_jpeg_refused():
     assert error.value.reason == "corrupt"
 
 
+def test_zero_pixel_png_is_a_shape_error():
+    with pytest.raises(ImageError, match="no pixels") as error:
+        decode_image(png_bomb(0, 0))
+    assert error.value.reason == "shape"
+
+
 def test_pixel_limit_is_checked_on_the_header():
     with pytest.raises(ImageError, match="30x40 = 1,200 pixels, over the limit of 1,000") as error:
         decode_image(png(np.zeros((40, 30), np.uint8)), max_pixels=1000)

@@ -269,8 +269,8 @@ def test_truncated_jpeg(server: httpx.Client) -> None:
 
 def test_zero_by_zero_image(server: httpx.Client) -> None:
     response = segment(server, png_header(0, 0))
-    assert response.status_code in (415, 422)
-    assert response.json()["error"] in ("unsupported", "shape")
+    assert response.status_code == 422
+    assert response.json()["error"] == "shape" and "no pixels" in response.json()["detail"]
 
 
 def test_one_by_one_image(server: httpx.Client, predictor: Predictor) -> None:

@@ -27,6 +27,7 @@ DEFAULT_MAX_PIXELS = 2**31
 Reason = Literal["empty", "unsupported", "corrupt", "too_large", "shape", "channels"]
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # Pillow's own bomb check would raise before ours with a less useful message; we check the header.
 Image.MAX_IMAGE_PIXELS = None
@@ -102,6 +103,8 @@ def _decode_pillow(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        if data.startswith(PNG_MAGIC) and len(data) >= 24:  # Pillow refuses a 0-pixel PNG unnamed
+            _check_size(int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big"), max_pixels)
         raise ImageError("not an image Tessera can read (PNG, JPEG, TIFF, BMP)", "unsupported") from None
     except Exception as error:
         raise ImageError(f"image header cannot be read ({error})", "corrupt") from None
