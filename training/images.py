@@ -103,7 +103,7 @@ def _decode_pillow(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        if data.startswith(PNG_MAGIC) and len(data) >= 24:  # Pillow refuses a 0-pixel PNG unnamed
+        if data.startswith(PNG_MAGIC) and data[12:16] == b"IHDR":  # Pillow refuses a 0-pixel PNG unnamed
             _check_size(int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big"), max_pixels)
         raise ImageError("not an image Tessera can read (PNG, JPEG, TIFF, BMP)", "unsupported") from None
     except Exception as error:
