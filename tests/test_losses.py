@@ -40,9 +40,14 @@ def test_soft_dice_by_hand():
     assert soft_dice(LOGITS, TARGET, WEIGHT).item() == pytest.approx(1 - (weighted0 + weighted1) / 2, rel=1e-4)
 
 
-def test_dice_ce_is_the_sum():
+def test_dice_ce_is_weighted_ce_plus_plain_dice():
     loss = build_loss()(LOGITS, TARGET, WEIGHT).item()
-    assert loss == pytest.approx(cross_entropy(LOGITS, TARGET, WEIGHT).item() + soft_dice(LOGITS, TARGET, WEIGHT).item())
+    assert loss == pytest.approx(cross_entropy(LOGITS, TARGET, WEIGHT).item() + soft_dice(LOGITS, TARGET).item())
+    assert loss != pytest.approx(cross_entropy(LOGITS, TARGET, WEIGHT).item() + soft_dice(LOGITS, TARGET, WEIGHT).item())
+
+
+def test_dice_alone_takes_the_weights():
+    assert build_loss("dice")(LOGITS, TARGET, WEIGHT).item() == pytest.approx(soft_dice(LOGITS, TARGET, WEIGHT).item())
 
 
 def test_binary_single_logit():

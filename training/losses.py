@@ -13,6 +13,12 @@ float or None (all ones). Pixels whose target is ``ignore_index`` contribute not
   negative class are scored.
 * ``"dice_ce"`` (default) -- their sum, nnU-Net's default.
 
+The pixel weight map enters the cross-entropy only (the paper's weighted energy); the Dice term of
+``"dice_ce"`` scores every labelled pixel alike. Weighting both pushed the whole loss towards the
+heavily weighted class and border pixels: on ISBI the predicted membranes came out about 1.5x too
+thick (membrane share 0.29 predicted vs 0.20 true on slices 25-29). ``"dice"`` alone still takes
+the weights.
+
 ``"bce"`` is accepted as another name for ``"ce"``.
 
 Public API: :class:`SegmentationLoss` (an ``nn.Module``: ``loss(logits, target, weight=None)``),
@@ -91,8 +97,10 @@ class SegmentationLoss(nn.Module):
         loss = logits.new_zeros((), dtype=torch.float32)
         if self.name in ("ce", "bce", "dice_ce"):
             loss = loss + cross_entropy(logits, target, weight, self.ignore_index)
-        if self.name in ("dice", "dice_ce"):
+        if self.name == "dice":
             loss = loss + soft_dice(logits, target, weight, self.ignore_index)
+        elif self.name == "dice_ce":
+            loss = loss + soft_dice(logits, target, None, self.ignore_index)
         return loss
 
     def extra_repr(self) -> str:
