@@ -8,7 +8,7 @@ One :class:`Trainer` runs a :class:`~training.config.TrainConfig`:
   frozen means no gradient *and* BatchNorm statistics kept, Keras' ``trainable = False``);
 * **data** -- mirror-extrapolated overlap-tile patches (:mod:`training.data.patches`) with the
   paper's weight map and the albumentations pipeline (:mod:`training.data.augment`), DataLoader
-  workers seeded by the augment module's ``worker_init_fn``;
+  workers seeded by :func:`training.seeding.worker_init_fn`;
 * **optimisation** -- Adam or SGD (momentum 0.99 by default), learning rate constant or poly
   ``lr * (1 - progress) ** 0.9`` where progress is the larger of the epoch and the training-time share
   of the budget; loss from :mod:`training.losses`; on CUDA autocast and channels_last
@@ -21,8 +21,9 @@ One :class:`Trainer` runs a :class:`~training.config.TrainConfig`:
   resume state beside ``last`` (:mod:`training.checkpoint`).
 
 Reproducibility: every random generator (python, numpy, torch, the augmentation pipeline) is
-reseeded at the start of each epoch from ``(seed, epoch)``, so ``resume`` continues exactly as an
-uninterrupted run would (bit-identical weights on the CPU with a fixed thread count).
+reseeded at the start of each epoch from ``(seed, epoch)`` (:mod:`training.seeding`), so ``resume``
+continues exactly as an uninterrupted run would (bit-identical weights on the CPU with a fixed
+thread count).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import csv
 import json
 import math
 import platform
-import random
 import shlex
 import sys
 import time
@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader
 from training.bundle import Bundle, BundleInfo, new_bundle_info, read_bundle_info, save_bundle
 from training.checkpoint import load_state, save_state
 from training.config import LOWER_IS_BETTER, TrainConfig
-from training.data.augment import build_augmentation, worker_init_fn
+from training.data.augment import build_augmentation
 from training.data.dataset import Example, SegmentationFolder
 from training.data.patches import UNIFORM_WEIGHTS, PatchDataset, WeightMapConfig, dataset_normalization
 from training.device import autocast, resolve_device
@@ -58,26 +58,13 @@ from training.losses import build_loss
 from training.evaluate import interior_class, score
 from training.models import build_model, load_encoder_weights, parse_arch
 from training.normalization import Normalization
+from training.seeding import epoch_seed, seed_everything, worker_init_fn
 
 #: File names inside the output folder.
 BEST, LAST = "best.safetensors", "last.safetensors"
 CSV_NAME, JSON_NAME, CURVES_NAME, OVERLAYS_DIR = "metrics.csv", "metrics.json", "curves.png", "overlays"
 #: Packages whose versions go into every bundle's provenance.
 VERSIONED = ("torch", "segmentation-models-pytorch", "albumentations", "numpy", "tessera")
-#: Seeds of different epochs are this far apart (any large odd constant works).
-EPOCH_SEED_STRIDE = 1_000_003
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed every random generator gets at the start of ``epoch`` (0-based)."""
-    return (seed * EPOCH_SEED_STRIDE + epoch) % 2**31
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's and torch's global generators (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def versions() -> dict[str, str]:
@@ -290,7 +277,7 @@ class Trainer:
 
     def _loader(self, seed: int) -> DataLoader:
         """This epoch's batches; the sampling streams restart from ``seed`` (workers: from the
-        torch seed, via the augment module's ``worker_init_fn``)."""
+        torch seed, via :func:`training.seeding.worker_init_fn`)."""
         self.patches.reseed(seed)
         workers = self.config.run.workers
         return DataLoader(

@@ -3,7 +3,9 @@
 * :mod:`training.data.dataset` -- folders of images and masks paired by stem, label specs, splits.
 * :mod:`training.data.patches` -- the torch ``Dataset`` of mirror-extrapolated training patches.
 * :mod:`training.data.augment` -- the albumentations pipeline (paper's elastic grid deformation,
-  flips, rotations, intensity) and DataLoader worker seeding.
+  flips, rotations, intensity).
+
+Seeding (DataLoader workers included) is :mod:`training.seeding`.
 """
 
 from training.data.dataset import (
@@ -17,7 +19,7 @@ from training.data.dataset import (
     isbi2012,
     parse_selection,
 )
-from training.data.augment import Augmentation, build_augmentation, seed_everything, worker_init_fn
+from training.data.augment import Augmentation, build_augmentation
 from training.data.patches import PatchDataset, WeightMapConfig, dataset_normalization
 
 __all__ = [
@@ -26,8 +28,6 @@ __all__ = [
     "WeightMapConfig",
     "build_augmentation",
     "dataset_normalization",
-    "seed_everything",
-    "worker_init_fn",
     "IGNORE_INDEX",
     "ISBI_HOLDOUT",
     "ISBI_TRAIN",

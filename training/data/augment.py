@@ -34,13 +34,13 @@ Augment the *input* window (with the model's margin) so warps have real context:
 with :func:`warp_reach` extra mirrored pixels per side and cropped back after augmentation shows no
 border artefacts; :mod:`training.data.patches` does exactly that.
 
-Randomness: albumentations 2.0.8 copies the same random state into every DataLoader worker.
-:func:`worker_init_fn` reseeds each worker from PyTorch's per-worker seed (different per worker
-and per epoch, fixed by ``torch.manual_seed``), so a fixed seed reproduces a run.
+Randomness: every transform draws from one stream, restarted by :meth:`Augmentation.reseed`.
+albumentations 2.0.8 copies the same random state into every DataLoader worker;
+:func:`training.seeding.worker_init_fn` reseeds each worker's dataset (and so its pipeline).
 
 Public API: :func:`build_augmentation` -> :class:`Augmentation` (``aug(image, mask, weight)``,
 ``reseed(seed)``, ``reach(size)``), :data:`DEFAULT_AUGMENTATION`, :func:`warp_reach`,
-:class:`GridElastic`, :func:`grid_displacement`, :func:`worker_init_fn`, :func:`seed_everything`.
+:class:`GridElastic`, :func:`grid_displacement`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
-import torch
 import yaml
 from albumentations.augmentations.geometric.distortion import BaseDistortion
 from scipy import ndimage
@@ -279,28 +278,3 @@ class Augmentation:
 def build_augmentation(config: Mapping | str | Path | None = None, seed: int | None = None) -> Augmentation:
     """The pipeline for ``config`` (None: :data:`DEFAULT_AUGMENTATION`; ``"none"``: identity)."""
     return Augmentation(config, seed)
-
-
-# --------------------------------------------------------------------------- seeding
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch in this process (do this before building DataLoaders)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def worker_init_fn(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a distinct, reproducible seed in each worker.
-
-    PyTorch gives worker ``i`` the seed ``base_seed + i`` (``base_seed`` drawn from the main
-    process's torch generator for each epoch); this seeds Python, numpy and the dataset's own
-    streams (``dataset.reseed(seed)`` when it has one) from it. (It must not touch OpenCV's thread
-    pool: ``cv2.setNumThreads`` in a forked worker deadlocks on the parent's pool.)
-    """
-    info = torch.utils.data.get_worker_info()
-    seed = info.seed % 2**32 if info is not None else torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    dataset = info.dataset if info is not None else None
-    if dataset is not None and hasattr(dataset, "reseed"):
-        dataset.reseed(seed)

@@ -123,7 +123,8 @@ class PatchDataset(torch.utils.data.Dataset):
         foreground_share: probability that a sample is centred on a foreground pixel.
         samples_per_epoch: ``len(dataset)``; default: enough output windows to cover every image
             pixel once on average.
-        seed: seed of this dataset's generator (workers reseed via ``worker_init_fn``).
+        seed: seed of this dataset's generator (DataLoader workers reseed it through
+            :func:`training.seeding.worker_init_fn`).
     """
 
     def __init__(
