@@ -9,8 +9,11 @@ needs to continue *exactly* is written next to it:
   epoch and step counters, elapsed seconds, the early-stopping record and the metric history.
 
 Random state need not be saved: the trainer reseeds every random generator at the start of each
-epoch from ``(seed, epoch)`` (see :func:`training.trainer.epoch_seed`), so a run resumed at an
-epoch boundary draws the same patches and augmentations as an uninterrupted one.
+epoch from ``(seed, epoch)`` (:mod:`training.seeding`), so a run resumed at an epoch boundary
+draws the same patches and augmentations as an uninterrupted one. :func:`load_optimizer` puts the
+optimizer's tensors back in their parameters' memory layout (channels_last for convolutions; a
+safetensors file stores them contiguous), so the resumed updates run the kernels the
+uninterrupted run ran.
 
 Both files are written to temporary names and renamed, the JSON last, so a crash leaves either
 the previous complete state or the new one.
@@ -92,3 +95,20 @@ def load_state(bundle: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     except (ValueError, KeyError, OSError) as error:
         raise CheckpointError(f"{json_path}: unreadable resume state ({error})") from None
     return optimizer, document
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load ``state`` (from :func:`load_state`) into ``optimizer``, every per-parameter tensor of
+    the parameter's shape (Adam moments, momentum buffers) in that parameter's memory layout.
+
+    ``Optimizer.load_state_dict`` keeps the contiguous layout of the file, so an update would
+    combine a channels_last parameter and gradient with contiguous moments, which element-wise
+    kernels may walk (and round) differently from the uninterrupted run's all-channels_last update.
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            entries = optimizer.state.get(parameter, {})
+            for name, value in entries.items():
+                if isinstance(value, torch.Tensor) and value.shape == parameter.shape:
+                    entries[name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)

@@ -20,10 +20,13 @@ One :class:`Trainer` runs a :class:`~training.config.TrainConfig`:
   ``metrics.json`` (one row per epoch), ``curves.png`` and ``overlays/*.png`` at the end, and the
   resume state beside ``last`` (:mod:`training.checkpoint`).
 
-Reproducibility: every random generator (python, numpy, torch, the augmentation pipeline) is
-reseeded at the start of each epoch from ``(seed, epoch)`` (:mod:`training.seeding`), so ``resume``
-continues exactly as an uninterrupted run would (bit-identical weights on the CPU with a fixed
-thread count).
+Reproducibility: every random generator (python, numpy, torch, the augmentation pipeline, the
+DataLoader workers' seeds) is reseeded at the start of each epoch from ``(seed, epoch)``
+(:mod:`training.seeding`), and the optimizer state is restored in the parameters' memory layout
+(:mod:`training.checkpoint`), so ``resume`` continues exactly as an uninterrupted run would:
+bit-identical weights on the CPU with a fixed thread count, with or without worker processes
+(tested). The exception: with ``run.max_minutes`` the poly learning rate and the length of the
+last epoch follow the wall clock, so such runs do not repeat bit for bit.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from training.bundle import Bundle, BundleInfo, new_bundle_info, read_bundle_info, save_bundle
-from training.checkpoint import load_state, save_state
+from training.checkpoint import load_optimizer, load_state, save_state
 from training.config import LOWER_IS_BETTER, TrainConfig
 from training.data.augment import build_augmentation
 from training.data.dataset import Example, SegmentationFolder
@@ -413,7 +416,7 @@ class Trainer:
         optimizer, record = load_state(last)
         tensors = _bundle_tensors(last)
         self.model.load_state_dict(tensors, strict=True)
-        self.optimizer.load_state_dict(optimizer)
+        load_optimizer(self.optimizer, optimizer)
         self.epoch, self.step, self.elapsed = record["epoch"], record["step"], record["elapsed"]
         self.wall = record.get("wall", record["elapsed"])
         self.best_score, self.best_epoch = record["best_score"], record["best_epoch"]
