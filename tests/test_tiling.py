@@ -78,3 +78,35 @@ def test_invalid_requests_are_refused_with_valid_sizes_named():
         TileGrid.plan(PAPER, 0, 10, 572)
     with pytest.raises(ValueError, match="region"):
         list(TileGrid.plan(PAPER, 10, 10, 572).tiles((0, 11, 0, 5)))
+
+
+@pytest.mark.parametrize("geometry,tile", [(PAPER, 572), (SAME, 256)])
+@pytest.mark.parametrize("shape", [(1000, 777), (3, 5), (1, 1)])
+@pytest.mark.parametrize("overlap", [0.25, 0.5])
+def test_overlapping_grid_covers_the_image_on_the_stride_grid(geometry, tile, shape, overlap):
+    """Blending grid: spans of the tile's whole usable output, starts a stride multiple apart."""
+    grid = TileGrid.plan(geometry, *shape, tile, overlap=overlap)
+    usable = geometry.output_size(grid.tile_h) - 2 * (geometry.context - geometry.margin)
+    assert grid.span_h == usable and grid.step_h % geometry.stride == 0
+    assert grid.step_h <= max(geometry.stride, (1 - overlap) * usable)
+    assert coverage(grid).min() >= 1 and len(list(grid.tiles())) == len(grid)
+    (wy0, _, wx0, _), _ = grid.whole_window()
+    for t in grid.tiles():
+        assert (t.window[0] - wy0) % geometry.stride == 0 and (t.window[2] - wx0) % geometry.stride == 0
+        assert t.crop[0] >= geometry.context - geometry.margin
+        assert t.crop[0] + t.output[1] - t.output[0] <= geometry.output_size(grid.tile_h) - (geometry.context - geometry.margin)
+    last = grid.tile(grid.rows - 1, 0)
+    assert last.output[1] == shape[0] and (grid.rows - 1) * grid.step_h < shape[0]  # no tile wasted
+
+
+def test_overlapping_grid_regions_and_counts():
+    grid = TileGrid.plan(PAPER, 1500, 1300, 572, overlap=0.25)
+    assert (grid.span_h, grid.step_h) == (388, 288)
+    assert [t.output[:2] for t in grid.tiles() if t.col == 0][:3] == [(0, 388), (288, 676), (576, 964)]
+    assert coverage(grid)[300, 300] == 4 and coverage(grid)[100, 100] == 1
+    region = (300, 900, 390, 1299)
+    inside, whole = coverage(grid, region), coverage(grid)[300:900, 390:1299]
+    assert np.array_equal(inside[300:900, 390:1299], whole) and inside.sum() == whole.sum()
+    assert TileGrid.plan(PAPER, 1500, 1300, 572, overlap=0.0) == TileGrid.plan(PAPER, 1500, 1300, 572)
+    with pytest.raises(ValueError, match="overlap"):
+        TileGrid.plan(PAPER, 10, 10, 572, overlap=1.0)

@@ -15,6 +15,12 @@ Overlap-tile (Ronneberger et al. 2015) for any :class:`~training.geometry.TileGe
 A tile's model output covers image rows ``[y0 - context + margin, y0 - context + tile - margin)``;
 the rows it keeps start at offset ``context - margin`` inside that output (0 for valid padding).
 
+With ``overlap > 0`` (Gaussian blending, :mod:`training.blending`) tiles overlap instead of
+abutting: a tile contributes its whole usable output, ``span = output - 2 * (context - margin)``
+pixels from its block start, and consecutive tiles start ``step = (1 - overlap) * span`` apart,
+rounded down to the stride (so inputs stay on the same stride grid). ``overlap = 0`` is the
+crop-only grid above (``span == step``).
+
 Small images get smaller tiles: along each axis the tile is the smallest valid size whose step
 covers the image, if that is smaller than the requested size (a 3x5 image does not run 572² tiles).
 The grid depends only on the image size and the requested tile, never on the region asked for,
@@ -67,35 +73,62 @@ class TileGrid:
     width: int
     tile_h: int
     tile_w: int
+    overlap: float = 0.0
 
     @classmethod
-    def plan(cls, geometry: TileGeometry, height: int, width: int, tile: int) -> "TileGrid":
-        """Grid for an image of ``height x width`` pixels with tiles of input size ``tile``."""
+    def plan(cls, geometry: TileGeometry, height: int, width: int, tile: int, overlap: float = 0.0) -> "TileGrid":
+        """Grid for an image of ``height x width`` pixels with tiles of input size ``tile``;
+        ``overlap`` is the share of a tile's span its neighbour repeats (0: blocks abut)."""
         if height < 1 or width < 1:
             raise ValueError(f"image has no pixels ({width}x{height})")
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), not {overlap}")
         return cls(
             geometry=geometry,
             height=height,
             width=width,
             tile_h=axis_tile(geometry, tile, height),
             tile_w=axis_tile(geometry, tile, width),
+            overlap=float(overlap),
         )
+
+    def _span(self, tile: int) -> int:
+        if self.overlap == 0.0:
+            return self.geometry.tile_step(tile)
+        return self.geometry.output_size(tile) - 2 * self.offset
+
+    def _step(self, tile: int) -> int:
+        step = self.geometry.tile_step(tile)
+        if self.overlap == 0.0:
+            return step
+        stride = self.geometry.stride
+        return max(stride, int(self._span(tile) * (1.0 - self.overlap)) // stride * stride)
 
     @property
     def step_h(self) -> int:
-        return self.geometry.tile_step(self.tile_h)
+        """Rows between the starts of consecutive tiles (a multiple of the stride)."""
+        return self._step(self.tile_h)
 
     @property
     def step_w(self) -> int:
-        return self.geometry.tile_step(self.tile_w)
+        return self._step(self.tile_w)
+
+    @property
+    def span_h(self) -> int:
+        """Output rows one tile contributes (``step_h`` unless tiles overlap)."""
+        return self._span(self.tile_h)
+
+    @property
+    def span_w(self) -> int:
+        return self._span(self.tile_w)
 
     @property
     def rows(self) -> int:
-        return -(-self.height // self.step_h)
+        return _count(self.height, self.span_h, self.step_h)
 
     @property
     def cols(self) -> int:
-        return -(-self.width // self.step_w)
+        return _count(self.width, self.span_w, self.step_w)
 
     @property
     def offset(self) -> int:
@@ -111,9 +144,9 @@ class TileGrid:
         top, left = row * self.step_h, col * self.step_w
         out = (
             max(top, y0),
-            min(top + self.step_h, self.height, y1),
+            min(top + self.span_h, self.height, y1),
             max(left, x0),
-            min(left + self.step_w, self.width, x1),
+            min(left + self.span_w, self.width, x1),
         )
         context = self.geometry.context
         window = (top - context, top - context + self.tile_h, left - context, left - context + self.tile_w)
@@ -123,8 +156,8 @@ class TileGrid:
     def tiles(self, region: Box | None = None) -> Iterator[Tile]:
         """Tiles whose output meets ``region`` (default: the whole image), row by row."""
         y0, y1, x0, x1 = check_region(region or (0, self.height, 0, self.width), self.height, self.width)
-        for row in range(y0 // self.step_h, -(-y1 // self.step_h)):
-            for col in range(x0 // self.step_w, -(-x1 // self.step_w)):
+        for row in _meeting(y0, y1, self.span_h, self.step_h, self.rows):
+            for col in _meeting(x0, x1, self.span_w, self.step_w, self.cols):
                 yield self.tile(row, col, (y0, y1, x0, x1))
 
     def whole_window(self) -> tuple[Box, tuple[int, int]]:
@@ -136,6 +169,16 @@ class TileGrid:
         context = self.geometry.context
         window = (-context, size_h - context, -context, size_w - context)
         return window, (self.offset, self.offset)
+
+
+def _count(length: int, span: int, step: int) -> int:
+    """Tiles along an axis: starts ``0, step, 2 step, ...`` until a span reaches ``length``."""
+    return max(0, -(-(length - span) // step)) + 1
+
+
+def _meeting(start: int, stop: int, span: int, step: int, count: int) -> range:
+    """Indices of the tiles along an axis whose ``[i step, i step + span)`` meets ``[start, stop)``."""
+    return range(max(0, (start - span) // step + 1), min(count, -(-stop // step)))
 
 
 def check_region(region: Box, height: int, width: int) -> Box:
