@@ -15,6 +15,8 @@ How it works (see :mod:`training.tiling` for the grid):
   runs on the current one (bounded queue: at most two batches in memory);
 * each tile writes only its own output block to the sinks; nothing image-sized is held in
   float, and there is no count map (blocks abut, every pixel is computed once);
+* optionally (``blend="gaussian"``) tiles overlap and are averaged with Gaussian weights in a
+  rolling band of rows, for models where exactness cannot hold (see :mod:`training.blending`);
 * probabilities are the softmax over classes (sigmoid for a one-class model), averaged over the
   test-time augmentations if any; labels are their argmax (``p > 0.5`` for one class).
 
@@ -36,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.blending import DEFAULT_OVERLAP, DEFAULT_SIGMA_SCALE, BandBlender, check_blend
 from training.bundle import DEFAULT_BUNDLE, Bundle, BundleInfo, load_bundle
 from training.device import BatchRunner, autocast, prepare_model, resolve_device
 from training.geometry import TileGeometry
@@ -91,6 +94,10 @@ class Predictor:
             :func:`training.autotile.choose_tile`).
         batch_size: tiles per forward pass (halved automatically on out-of-memory).
         tta: test-time augmentation: ``False``/"none", ``"flips"`` (4), ``True``/"d4" (8 dihedral).
+        blend: ``"none"`` (exact crop-only stitching) or ``"gaussian"`` (overlapping tiles averaged
+            with Gaussian weights, for instance/group-norm models; see :mod:`training.blending`).
+        overlap: with ``blend="gaussian"``, the share of a tile's span its neighbour repeats.
+        sigma_scale: with ``blend="gaussian"``, the Gaussian's sigma as a share of the span.
     """
 
     def __init__(
@@ -100,7 +107,13 @@ class Predictor:
         tile: int | str | None = None,
         batch_size: int | None = None,
         tta: bool | str = False,
+        blend: str = "none",
+        overlap: float = DEFAULT_OVERLAP,
+        sigma_scale: float = DEFAULT_SIGMA_SCALE,
     ) -> None:
+        self.blend = check_blend(blend, overlap, sigma_scale)
+        self.overlap = float(overlap)
+        self.sigma_scale = float(sigma_scale)
         self.device = resolve_device(device)
         bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path or DEFAULT_BUNDLE)
         if bundle.info.task != "segmentation" or bundle.info.geometry is None:
@@ -109,7 +122,9 @@ class Predictor:
         if any(isinstance(m, PER_SAMPLE_NORMS) for m in bundle.model.modules()):
             warnings.warn(
                 "this model normalises each input with its own statistics (instance/group norm): "
-                "tiles see different statistics than a whole-image pass, so tiled results are not exact",
+                "tiles see different statistics than a whole-image pass, so tiled results are not exact"
+                + ("" if self.blend == "gaussian" else "; to hide the seams, blend overlapping tiles with "
+                   "blend='gaussian' (tessera predict --blend gaussian)"),
                 stacklevel=2,
             )
         self.model = prepare_model(bundle.model, self.device)
@@ -143,8 +158,10 @@ class Predictor:
         return tile
 
     def grid(self, height: int, width: int) -> TileGrid:
-        """The tile grid this predictor uses for a ``height x width`` image."""
-        return TileGrid.plan(self.geometry, height, width, self.tile)
+        """The tile grid this predictor uses for a ``height x width`` image (overlapping tiles
+        when blending)."""
+        overlap = self.overlap if self.blend == "gaussian" else 0.0
+        return TileGrid.plan(self.geometry, height, width, self.tile, overlap)
 
     # ------------------------------------------------------------------ public API
     def statistics(self, source: ArrayLike2D) -> Stats:
@@ -323,24 +340,34 @@ class Predictor:
         region: Box,
         progress: Progress | None,
     ) -> None:
+        """Run the tiles of ``region`` and write labels / probabilities block by block."""
         height, width = source.shape[:2]
         grid = self.grid(height, width)
         total = sum(1 for _ in grid.tiles(region))
         prob_dtype = probabilities.dtype if probabilities is not None else None
+
+        def emit(box: Box, block: np.ndarray) -> None:
+            if labels is not None:
+                labels.write(box, self._labels(block))
+            if probabilities is not None:
+                probabilities.write(box, encode_probabilities(block, prob_dtype))
+
+        blender = BandBlender(grid, region, self.num_classes, self.sigma_scale, emit) if self.blend == "gaussian" else None
         done = 0
         for tiles, windows in self._batches(source, grid, region, stats):
             out = self._runner(torch.from_numpy(windows)).numpy()
             for tile, probs in zip(tiles, out):
+                if blender is not None:
+                    blender.add(tile, probs)
+                    continue
                 y0, y1, x0, x1 = tile.output
                 cy, cx = tile.crop
-                block = probs[:, cy : cy + y1 - y0, cx : cx + x1 - x0]
-                if labels is not None:
-                    labels.write(tile.output, self._labels(block))
-                if probabilities is not None:
-                    probabilities.write(tile.output, encode_probabilities(block, prob_dtype))
+                emit(tile.output, probs[:, cy : cy + y1 - y0, cx : cx + x1 - x0])
             done += len(tiles)
             if progress is not None:
                 progress(done, total)
+        if blender is not None:
+            blender.finish()
 
 
 def _tta_mode(tta: bool | str) -> str:
