@@ -87,6 +87,21 @@ def test_changed_settings_redo_everything(bundle: Path, tmp_path: Path) -> None:
     assert (dst / "img000.overlay.png").is_file()
 
 
+def test_blend_gaussian_folder_job_equals_the_blending_predictor_and_is_a_setting(bundle: Path, tmp_path: Path, capsys) -> None:
+    images = make_folder(tmp_path / "src", 2)
+    dst = tmp_path / "dst"
+    assert main(["batch", str(bundle), str(tmp_path / "src"), str(dst), "--tile", str(TILE), "--blend", "gaussian", "--quiet"]) == 0
+    predictor = Predictor(bundle, tile=TILE, blend="gaussian")
+    for name, pixels in images.items():
+        np.testing.assert_array_equal(read_image(dst / f"{name.rsplit('.', 1)[0]}.png"), predictor.predict(pixels).labels)
+    report = segment_folder(bundle, tmp_path / "src", dst, tile=TILE)  # crop-only: another job
+    assert (report.succeeded, report.skipped) == (2, 0)
+    tifffile.imwrite(tmp_path / "slide.tif", next(iter(images.values())))
+    capsys.readouterr()
+    assert main(["batch", str(bundle), str(tmp_path / "slide.tif"), str(tmp_path / "out"), "--blend", "gaussian"]) == 2
+    assert "not yet for gigapixel jobs" in capsys.readouterr().err
+
+
 def test_listing_with_escaping_names_is_refused_and_nothing_leaves_dst(bundle: Path, tmp_path: Path) -> None:
     images = make_folder(tmp_path / "data" / "src", 2)
     outside = tmp_path / "data" / "x.png"

@@ -91,6 +91,18 @@ def test_tiled_bigtiff_output_float16_probabilities(tmp_path, bundle_path, predi
     assert np.array_equal(np.moveaxis(probs, -1, 0), expected.probabilities.astype(np.float16))
 
 
+def test_blend_gaussian_streams_the_blended_prediction_to_a_tiff(tmp_path, bundle_path, big, capsys):
+    path, image = big
+    assert main(["predict", str(bundle_path), str(path), "-o", str(tmp_path / "l.tif"), "--probabilities",
+                 "--probability-dtype", "float32", "--tile", "148", "--blend", "gaussian", "--overlap", "0.5", "--quiet"]) == 0
+    assert '"blend": "gaussian"' in capsys.readouterr().out
+    blended = Predictor(bundle_path, device="cpu", tile=148, blend="gaussian", overlap=0.5)
+    expected = blended.predict(image, probabilities=True)
+    assert np.array_equal(tifffile.imread(tmp_path / "l.tif"), expected.labels)
+    assert np.array_equal(np.moveaxis(tifffile.imread(tmp_path / "l.probabilities.tif"), -1, 0), expected.probabilities)
+    assert leftovers(tmp_path) == []
+
+
 def test_npy_output_and_zarr_and_ome_zarr_inputs(tmp_path, bundle_path, predictor):
     image = random_image((300, 260), seed=8)
     zarr.create_array(store=str(tmp_path / "in.zarr"), data=image, chunks=(100, 100))
@@ -131,6 +143,9 @@ def test_readers_present_planar_rgb_channels_last_and_fit_gray_to_rgb(tmp_path):
         (lambda d: tifffile.imwrite(d / "big.tif", random_image((30, 40))) or d / "big.tif", ["--max-pixels", "1000"], "over the limit"),
         (lambda d: tifffile.imwrite(d / "ok.tif", random_image((30, 40))) or d / "ok.tif", ["--tile", "101"], "nearest"),
         (lambda d: tifffile.imwrite(d / "ok2.tif", random_image((30, 40))) or d / "ok2.tif", ["--tile", "big"], "--tile"),
+        (lambda d: tifffile.imwrite(d / "ok3.tif", random_image((30, 40))) or d / "ok3.tif", ["--overlap", "0.5"], "--blend gaussian only"),
+        (lambda d: tifffile.imwrite(d / "ok4.tif", random_image((30, 40))) or d / "ok4.tif",
+         ["--blend", "gaussian", "--overlap", "1"], "overlap must be a fraction"),
     ],
 )
 def test_bad_input_is_one_clear_line_exit_2_and_nothing_written(tmp_path, bundle_path, capsys, make, args, message):

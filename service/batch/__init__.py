@@ -22,6 +22,7 @@ from pathlib import Path
 from service.batch.folder import FolderOptions, FolderReport, Progress, run_folder
 from service.batch.gigapixel import GigapixelReport, is_gigapixel_source, run_gigapixel
 from service.batch.scheduler import IN_PROCESS, PredictorSpec, file_sha256, open_runner, parse_scheduler
+from training.blending import DEFAULT_OVERLAP
 from training.bundle import DEFAULT_BUNDLE
 from training.images import DEFAULT_MAX_PIXELS
 from training.predictor import TTA_MODES, Predictor
@@ -40,16 +41,19 @@ def tta_mode(tta: bool | str | None) -> str:
     return str(tta)
 
 
-def prepare(bundle, tile, batch_size, tta, device) -> tuple[PredictorSpec, Predictor]:
+def prepare(bundle, tile, batch_size, tta, device, blend: str = "none",
+            overlap: float = DEFAULT_OVERLAP) -> tuple[PredictorSpec, Predictor]:
     """The job's predictor, built here (it resolves ``tile="auto"`` once, for every worker), and
     the picklable spec workers rebuild it from."""
     path = Path(bundle) if bundle is not None else DEFAULT_BUNDLE
     if not path.is_file():
         raise ValueError(f"{path}: no such bundle file")
-    predictor = Predictor(path, device=device, tile=tile, batch_size=batch_size, tta=tta_mode(tta))
+    predictor = Predictor(path, device=device, tile=tile, batch_size=batch_size, tta=tta_mode(tta),
+                          blend=blend, overlap=overlap)
     spec = PredictorSpec(
         bundle=str(path.resolve()), sha256=file_sha256(path), tile=predictor.tile,
         batch_size=predictor.batch_size, tta=tta_mode(tta), device=str(device),
+        blend=predictor.blend, overlap=predictor.overlap,
     )
     return spec, predictor
 
@@ -68,10 +72,13 @@ def segment_folder(
     device: str = "auto",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Progress | None = None,
+    blend: str = "none",
+    overlap: float = DEFAULT_OVERLAP,
 ) -> FolderReport:
-    """Segment every image of a folder, glob or listing into ``dst`` (see :mod:`service.batch.folder`)."""
+    """Segment every image of a folder, glob or listing into ``dst`` (see :mod:`service.batch.folder`);
+    ``blend="gaussian"`` averages overlapping tiles (see :mod:`training.blending`)."""
     parse_scheduler(scheduler)
-    spec, predictor = prepare(bundle, tile, batch_size, tta, device)
+    spec, predictor = prepare(bundle, tile, batch_size, tta, device, blend, overlap)
     runner = open_runner(scheduler, spec, predictor)
     try:
         options = FolderOptions(overlay=overlay, probabilities=probabilities, max_pixels=max_pixels)
@@ -95,9 +102,17 @@ def segment_gigapixel(
     device: str = "auto",
     max_pixels: int | None = None,
     progress=None,
+    blend: str = "none",
+    overlap: float = DEFAULT_OVERLAP,
 ) -> GigapixelReport:
-    """Segment one large TIFF/BigTIFF/zarr image into ``dst/NAME.zarr`` (see :mod:`service.batch.gigapixel`)."""
+    """Segment one large TIFF/BigTIFF/zarr image into ``dst/NAME.zarr`` (see :mod:`service.batch.gigapixel`).
+
+    ``blend`` must be ``"none"`` for now: the gigapixel job's resume key does not record blending
+    yet, so a rerun with other settings could mix chunks of both."""
     parse_scheduler(scheduler)
+    if blend != "none":
+        raise ValueError("blend='gaussian' (--blend gaussian) is available for single images and folder jobs, "
+                         "not yet for gigapixel jobs")
     if not is_gigapixel_source(src):
         raise ValueError(f"{src}: not an existing TIFF/BigTIFF or zarr image")
     spec, predictor = prepare(bundle, tile, batch_size, tta, device)

@@ -16,8 +16,11 @@ The model is loaded once per worker process, not per task: a :class:`PredictorPl
 it with :func:`predictor_for`, which is also what the in-process runner uses, so every mode runs
 the same task functions with the same model and settings (outputs are byte-identical).
 
-Task functions return small records; an unexpected exception inside a task (not a per-input
-error, which tasks record themselves) propagates and ends the job.
+Runners run work two ways: :meth:`~InProcessRunner.map` (one task per item: folder jobs) and
+:meth:`~InProcessRunner.compute` (keys of dask task graphs, e.g. a gigapixel job's
+``map_overlap`` windows; dask's synchronous scheduler in this process). Task functions return
+small records; an unexpected exception inside a task (not a per-input error, which tasks record
+themselves) propagates and ends the job.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ import hashlib
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from training.blending import DEFAULT_OVERLAP
 from training.predictor import Predictor
 
 #: The default scheduler: tasks run in the calling process.
@@ -63,6 +67,7 @@ def file_sha256(path: str | Path) -> str:
 class PredictorSpec:
     """Everything a worker needs to build the job's predictor, and nothing else (picklable).
 
+    ``blend`` / ``overlap`` are the predictor's tile blending (``"none"``: exact crop-only).
     ``tile`` is the resolved tile input size (``"auto"`` is measured once, by the client, so
     every worker uses the same tiles); ``sha256`` is the bundle file's hash, checked by each
     worker so a bundle replaced mid-job cannot mix models into one output.
@@ -74,6 +79,8 @@ class PredictorSpec:
     batch_size: int | None
     tta: str
     device: str = "auto"
+    blend: str = "none"
+    overlap: float = DEFAULT_OVERLAP
 
     def key(self) -> str:
         return hashlib.sha256(repr(sorted(asdict(self).items())).encode()).hexdigest()[:16]
@@ -85,7 +92,8 @@ def load_predictor(spec: PredictorSpec) -> Predictor:
     found = file_sha256(spec.bundle)
     if found != spec.sha256:
         raise ValueError(f"{spec.bundle}: bundle changed during the job (sha256 {found[:12]}, expected {spec.sha256[:12]})")
-    return Predictor(spec.bundle, device=spec.device, tile=spec.tile, batch_size=spec.batch_size, tta=spec.tta)
+    return Predictor(spec.bundle, device=spec.device, tile=spec.tile, batch_size=spec.batch_size, tta=spec.tta,
+                     blend=spec.blend, overlap=spec.overlap)
 
 
 def predictor_for(spec: PredictorSpec) -> Predictor:
@@ -159,6 +167,23 @@ class InProcessRunner:
         for item in items:
             yield function(item, **kwargs)
 
+    def compute(self, work: Iterable[tuple[Mapping, list]], done: Callable[[Any], None]) -> None:
+        """Compute the ``keys`` of each ``(graph, keys)`` with dask's synchronous scheduler, one
+        graph after another, calling ``done(result)`` as each key finishes (an exception raised by
+        ``done`` stops the computation there)."""
+        from dask.callbacks import Callback
+        from dask.local import get_sync
+
+        for graph, keys in work:
+            wanted = set(keys)
+
+            def finished(key, result, _dsk, _state, _worker) -> None:
+                if key in wanted:
+                    done(result)
+
+            with Callback(posttask=finished):
+                get_sync(graph, keys)
+
     def close(self) -> None:
         release_predictor(self.spec)
 
@@ -205,6 +230,34 @@ class DaskRunner:
                 yield future.result()
         finally:
             self.client.cancel(futures)
+
+    def compute(self, work: Iterable[tuple[Mapping, list]], done: Callable[[Any], None]) -> None:
+        """Compute the ``keys`` of each ``(graph, keys)`` on the cluster, calling ``done(result)``
+        as each finishes (any order). The next graph is submitted while fewer than two keys per
+        worker thread are in flight, so a long job never holds its whole graph; keys shared by
+        two graphs are computed once while in memory, and a dead worker's keys are recomputed."""
+        from distributed import as_completed
+
+        limit = max(2, 2 * sum(self.client.nthreads().values()))
+        running = as_completed()
+        in_flight: set = set()
+
+        def collect() -> None:
+            future = next(running)
+            in_flight.discard(future)
+            done(future.result())
+
+        try:
+            for graph, keys in work:
+                futures = self.client.get(graph, keys, sync=False)
+                in_flight.update(futures)
+                running.update(futures)
+                while running.count() >= limit:
+                    collect()
+            while running.count():
+                collect()
+        finally:
+            self.client.cancel(list(in_flight))
 
     def close(self) -> None:
         try:

@@ -22,7 +22,14 @@ import json
 import sys
 
 from service.batch import IN_PROCESS, is_gigapixel_source, segment_folder, segment_gigapixel
-from service.commands.inference import add_bundle_argument, add_inference_options, parse_tile, prepare, progress_bar
+from service.commands.inference import (
+    add_bundle_argument,
+    add_inference_options,
+    blend_options,
+    parse_tile,
+    prepare,
+    progress_bar,
+)
 from training.images import DEFAULT_MAX_PIXELS
 
 EXAMPLES = """\
@@ -64,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     bundle = prepare(args)
     common = {"scheduler": args.scheduler, "tile": parse_tile(args.tile), "batch_size": args.batch_size,
-              "tta": args.tta, "device": args.device, "probabilities": args.probabilities}
+              "tta": args.tta, "device": args.device, "probabilities": args.probabilities, **blend_options(args)}
     shown = not args.quiet and sys.stderr.isatty()
     if is_gigapixel_source(args.src):
         if args.overlay:

@@ -1,7 +1,7 @@
 """Options and helpers shared by the sub-commands that run the predictor (predict, batch).
 
 One definition of: what names mean the shipped model, the inference options (tile, batch size,
-device, TTA, pixel limit, threads, progress) and their parsing, and the rich progress bar.
+device, TTA, blending, pixel limit, threads, progress) and their parsing, and the rich progress bar.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 
+from training.blending import BLEND_MODES, DEFAULT_OVERLAP
 from training.bundle import DEFAULT_BUNDLE
 from training.device import set_cpu_threads
 from training.predictor import TTA_MODES
@@ -22,24 +23,37 @@ def add_bundle_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_inference_options(parser: argparse.ArgumentParser, max_pixels: int | None, max_pixels_help: str) -> None:
-    """--tile, --batch-size, --device, --tta, --max-pixels, --threads, --quiet."""
+    """--tile, --batch-size, --device, --tta, --blend, --overlap, --max-pixels, --threads, --quiet."""
     parser.add_argument("--tile", default=None, help="tile input size in pixels, or 'auto' to measure (default: the bundle's)")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (halved on out-of-memory)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--tta", nargs="?", const="d4", default="none", choices=tuple(TTA_MODES),
                         help="test-time augmentation: flips (4) or d4 (8 flips/rotations; the default when given)")
+    parser.add_argument("--blend", default="none", choices=BLEND_MODES,
+                        help="none: exact crop-only stitching (default); gaussian: overlapping tiles averaged with "
+                             "Gaussian weights, for instance/group-norm models whose tiles cannot be exact")
+    parser.add_argument("--overlap", type=float, default=None,
+                        help=f"with --blend gaussian: share of a tile its neighbour repeats (default {DEFAULT_OVERLAP})")
     parser.add_argument("--max-pixels", type=int, default=max_pixels, help=max_pixels_help)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def prepare(args: argparse.Namespace) -> str | None:
-    """Apply --threads, check --batch-size, and return the bundle path (None: the shipped model)."""
+    """Apply --threads, check --batch-size and --overlap, and return the bundle path (None: the
+    shipped model)."""
     if args.threads:
         set_cpu_threads(args.threads)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
+    if args.overlap is not None and args.blend == "none":
+        raise ValueError("--overlap applies to --blend gaussian only (crop-only tiles do not overlap)")
     return None if args.bundle in DEFAULT_NAMES else args.bundle
+
+
+def blend_options(args: argparse.Namespace) -> dict:
+    """--blend / --overlap as Predictor keyword arguments."""
+    return {"blend": args.blend, "overlap": DEFAULT_OVERLAP if args.overlap is None else args.overlap}
 
 
 def parse_tile(text: str | None) -> int | str | None:

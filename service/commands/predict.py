@@ -18,7 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from service.commands.inference import add_bundle_argument, add_inference_options, parse_tile, prepare, progress_bar
+from service.commands.inference import (
+    add_bundle_argument,
+    add_inference_options,
+    blend_options,
+    parse_tile,
+    prepare,
+    progress_bar,
+)
 from training.images import DEFAULT_MAX_PIXELS
 from training.overlay import save_overlay
 from training.predictor import Predictor
@@ -36,6 +43,8 @@ examples:
   tessera predict model.safetensors big.tif -o labels.tif --tile auto --batch-size 4
         measure the fastest tile size first; write a tiled BigTIFF
   tessera predict - huge.tif -o out.zarr --max-pixels 10000000000 --device cuda
+  tessera predict groupnorm.safetensors slide.tif -o labels.zarr --blend gaussian --overlap 0.5
+        a model that cannot tile exactly (instance/group norm): average overlapping tiles
 """
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     bundle = prepare(args)
     source = open_image(args.input, max_pixels=args.max_pixels)
-    predictor = Predictor(bundle, device=args.device, tile=parse_tile(args.tile), batch_size=args.batch_size, tta=args.tta)
+    predictor = Predictor(bundle, device=args.device, tile=parse_tile(args.tile), batch_size=args.batch_size, tta=args.tta,
+                          **blend_options(args))
     source = fit_channels(source, predictor.info.in_channels)
     height, width = source.shape[:2]
     if args.overlay and height * width > PNG_MAX_PIXELS:
@@ -112,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         "classes": predictor.info.classes,
         "tile": [grid.tile_h, grid.tile_w],
         "tiles": len(grid),
+        "blend": predictor.blend,
         "device": str(predictor.device),
         "seconds": round(time.perf_counter() - started, 3),
     }
