@@ -12,11 +12,13 @@ Routes (OpenAPI at ``/docs.json``, Swagger UI at ``/``):
   type; returns the label PNG, or an overlay PNG, probabilities, or JSON (see :class:`Output`).
 * ``GET /model`` -- the bundle's metadata.
 * ``POST /segment_job/submit``, ``GET /segment_job/status``, ``GET /segment_job/get`` -- the same
-  segmentation as an asynchronous BentoML task for huge images; the result is a tiled TIFF of labels.
+  segmentation as an asynchronous BentoML task for huge images, streamed through the tiler; the
+  result is a tiled BigTIFF of labels or a zipped zarr v3 store (form field ``format``).
 * ``/livez``, ``/readyz`` (ready once the model is loaded), ``/metrics`` (Prometheus, with
   ``tessera_pixels_segmented_total``) -- from BentoML.
 
-Every refused request gets a 4xx with a JSON body ``{"error": ..., "detail": ...}``.
+Every refused request gets a 4xx with a JSON body ``{"error": ..., "detail": ...}`` (task
+routes: BentoML's ``{"error": ...}``). Request bodies are capped by :class:`service.uploads.BodyLimit`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncio
 import io
 import json
 import os
+import tempfile
 import threading
 from enum import Enum
 from http import HTTPStatus
@@ -39,8 +42,9 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from service.jobs import JobFormat, segment_file
 from service.responses import class_statistics, coco_objects, geojson_objects
-from service.uploads import Limits, UploadError, decode_upload, read_upload
+from service.uploads import STATUS_FOR_REASON, BodyLimit, Limits, UploadError, decode_upload, open_upload, read_upload
 from training.bundle import DEFAULT_BUNDLE, BundleInfo, load_bundle
 from training.device import set_cpu_threads
 from training.images import ImageError, match_channels
@@ -114,6 +118,11 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def limits_from_env() -> Limits:
+    """Upload limits from ``TESSERA_MAX_UPLOAD_BYTES`` and ``TESSERA_MAX_PIXELS`` (defaults otherwise)."""
+    return Limits(max_bytes=env_int(MAX_BYTES_ENV, Limits.max_bytes), max_pixels=env_int(MAX_PIXELS_ENV, Limits.max_pixels))
+
+
 @bentoml.service(
     name="tessera",
     resources={"gpu": 1},
@@ -129,10 +138,7 @@ class Tessera:
         set_cpu_threads(max(1, len(os.sched_getaffinity(0)) // workers))
         path = os.environ.get(BUNDLE_ENV) or str(DEFAULT_BUNDLE)
         self.bundle = load_bundle(path)
-        self.limits = Limits(
-            max_bytes=env_int(MAX_BYTES_ENV, Limits.max_bytes),
-            max_pixels=env_int(MAX_PIXELS_ENV, Limits.max_pixels),
-        )
+        self.limits = limits_from_env()
         self.predictors: dict[tuple, Predictor] = {}
         self.lock = threading.Lock()
         self.predictor(None, TTA.none)
@@ -199,7 +205,7 @@ class Tessera:
             return error_response(422, "invalid_option", f"unknown option(s): {', '.join(sorted(unknown))}")
         try:
             self.check_options(output, class_index, threshold)
-            data = await read_upload(request, self.limits)
+            data = await read_upload(request)
             pixels = decode_upload(data, self.limits)
             want_probabilities = output == Output.probabilities or threshold is not None
             pixels, prediction = await asyncio.to_thread(
@@ -247,23 +253,33 @@ class Tessera:
 
     # ------------------------------------------------------------------ asynchronous jobs
     @bentoml.task(route="/segment_job")
-    def segment_job(self, image: Path) -> bytes:
-        """Segment a huge image asynchronously; the result is a tiled TIFF of class indices.
+    def segment_job(self, image: Path, format: JobFormat = JobFormat.tiff) -> bytes:
+        """Segment a huge image asynchronously, streamed through the tiler into a label file.
 
-        Submit with ``POST /segment_job/submit`` (multipart part ``image``), poll
+        Submit with ``POST /segment_job/submit`` (multipart part ``image``, optional field
+        ``format``: ``tiff`` for a tiled BigTIFF, ``zarr`` for a zipped zarr v3 store), poll
         ``GET /segment_job/status?task_id=...``, download ``GET /segment_job/get?task_id=...``.
-        (The TIFF is returned as bytes: BentoML 1.4.39 cannot store a file result of a task under
-        Starlette 1.x, whose FileResponse needs a request method the task store does not give.)
+        A TIFF upload is read window by window and the labels are written tile by tile, so memory
+        is bounded by the tile batch, not the image. The file is answered as bytes: BentoML 1.4.39
+        cannot store a file result of a task under Starlette 1.x (its FileResponse needs a request
+        method the task store does not give), and it keeps every result in its task database anyway.
         """
         try:
-            pixels = decode_upload(Path(image).read_bytes(), self.limits)
-            _, prediction = self.segment_pixels(pixels, None, TTA.none, False, "segment_job")
+            source = open_upload(Path(image), self.limits)
+            with tempfile.TemporaryDirectory(prefix="tessera-job-") as work, self.lock:
+                result = segment_file(self.predictor(None, TTA.none), source, JobFormat(format), Path(work))
+                body = result.path.read_bytes()
         except UploadError as error:  # BentoML answers {"error": message} with this status
             raise BentoMLException(f"{error.error}: {error.detail}", error_code=HTTPStatus(error.status)) from None
-        buffer = io.BytesIO()
-        tifffile.imwrite(buffer, prediction.labels, tile=(256, 256), compression="zlib", bigtiff=True)
-        return buffer.getvalue()
+        except ImageError as error:
+            status = HTTPStatus(STATUS_FOR_REASON[error.reason])
+            raise BentoMLException(f"{error.reason}: {error}", error_code=status) from None
+        pixels_segmented.labels(endpoint="segment_job").inc(result.pixels)
+        headers = {"content-disposition": f'attachment; filename="{result.filename}"'}
+        return Response(body, media_type=result.media_type, headers=headers)
 
+
+Tessera.add_asgi_middleware(BodyLimit, max_bytes=limits_from_env().max_bytes)
 
 #: Query options ``POST /segment`` accepts; anything else is refused with 422.
 SEGMENT_OPTIONS = ("output", "probability_format", "class_index", "geometry", "threshold", "tta", "tile", "pixel_size")

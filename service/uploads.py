@@ -1,10 +1,13 @@
 """Reading an uploaded image from an HTTP request, within limits, into pixels.
 
 Uploads come as ``multipart/form-data`` (the first file part, or the part named ``image``) or as
-a raw body with an image content type. The body is streamed with a byte cap (over it: 413 before
-the rest is read); the multipart form is parsed here with python-multipart (Starlette's form parser
-turns a large part without a filename into a server error); pixels are decoded by the one policy
-in :mod:`training.images`, which checks the pixel limit on the header before decoding.
+a raw body with an image content type. Request bodies are capped by :class:`BodyLimit`, an ASGI
+middleware in front of every route (over the cap: 413 before the rest is read, also for BentoML's
+task routes, which read the whole body before any service code runs); the multipart form is
+parsed here with python-multipart (Starlette's form parser turns a large part without a filename
+into a server error); pixels are decoded by the one policy in :mod:`training.images`, which checks
+the pixel limit on the header before decoding. :func:`open_upload` opens an uploaded file for the
+tiler: a TIFF lazily, window by window, anything else decoded.
 
 Problems raise :class:`UploadError` carrying the HTTP status and a short error name; the service
 turns it into ``{"error": ..., "detail": ...}``.
@@ -12,13 +15,18 @@ turns it into ``{"error": ..., "detail": ...}``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import python_multipart
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from training.images import ImageError, decode_image
+from training.images import TIFF_MAGIC, ImageError, decode_image
+from training.mirror import ArrayLike2D
+from training.readers import open_image
 
 #: HTTP status for each reason :class:`training.images.ImageError` gives.
 STATUS_FOR_REASON = {
@@ -50,18 +58,57 @@ class Limits:
     max_pixels: int = 20_000 * 20_000
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``max_bytes``."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise UploadError(413, "too_large", f"request body of {int(declared):,} bytes is over the limit of {max_bytes:,}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise UploadError(413, "too_large", f"request body is over the limit of {max_bytes:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 ``too_large`` before the rest is read.
+
+    A declared ``Content-Length`` over the cap is refused before any byte is read; a streamed
+    (chunked) body is counted as it arrives and refused as soon as it passes the cap, after which
+    the application sees a disconnect and whatever it answers is dropped. It sits in front of every
+    route because BentoML's task routes (``/segment_job/...``) store the whole body before any
+    service code runs.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self.refuse(send, f"request body of {int(declared):,} bytes is over the limit of {self.max_bytes:,}")
+            return
+        received, refused = 0, False
+
+        async def counted_receive() -> Message:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request" and not refused:
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    refused = True
+                    await self.refuse(send, f"request body is over the limit of {self.max_bytes:,} bytes")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not refused:  # after a refusal the application's disconnect error is expected
+                raise
+
+    @staticmethod
+    async def refuse(send: Send, detail: str) -> None:
+        body = json.dumps({"error": "too_large", "detail": detail}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def multipart_file(body: bytes, content_type: str) -> bytes:
@@ -115,14 +162,14 @@ def multipart_file(body: bytes, content_type: str) -> bytes:
     return bytes(chosen)
 
 
-async def read_upload(request: Request, limits: Limits) -> bytes:
-    """The uploaded image's bytes from a multipart form or a raw image body."""
+async def read_upload(request: Request) -> bytes:
+    """The uploaded image's bytes from a multipart form or a raw image body (capped by :class:`BodyLimit`)."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        return multipart_file(await read_body(request, limits.max_bytes), content_type)
+        return multipart_file(await request.body(), content_type)
     if media in IMAGE_TYPES:
-        return await read_body(request, limits.max_bytes)
+        return await request.body()
     raise UploadError(
         415,
         "unsupported_media_type",
@@ -137,3 +184,22 @@ def decode_upload(data: bytes, limits: Limits):
         return decode_image(data, max_pixels=limits.max_pixels)
     except ImageError as error:
         raise UploadError(STATUS_FOR_REASON[error.reason], error.reason, str(error)) from None
+
+
+def open_upload(path: Path, limits: Limits) -> ArrayLike2D:
+    """An uploaded image file as a tiler source, or an UploadError.
+
+    The kind comes from the file's first bytes, never from the client's file name: a TIFF/BigTIFF
+    is opened lazily (read window by window, so a huge upload is never decoded whole); anything
+    else is decoded in memory (PNG and JPEG cannot be read by window). The pixel limit is checked
+    on the header. The file is renamed with the suffix :func:`training.readers.open_image` reads
+    by, and the server's temporary path never appears in an error.
+    """
+    with path.open("rb") as file:
+        magic = file.read(len(TIFF_MAGIC[0]))
+    named = path.rename(path.with_name(f"upload{'.tif' if magic in TIFF_MAGIC else '.bin'}"))
+    try:
+        return open_image(named, max_pixels=limits.max_pixels)
+    except ImageError as error:
+        detail = str(error).replace(str(named), "upload")
+        raise UploadError(STATUS_FOR_REASON[error.reason], error.reason, detail) from None

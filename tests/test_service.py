@@ -17,6 +17,8 @@ import httpx
 import numpy as np
 import pytest
 import tifffile
+import zarr
+import zarr.storage
 from PIL import Image
 from scipy import ndimage
 
@@ -226,26 +228,104 @@ def test_pixel_counter(server: httpx.Client) -> None:
     assert counted() - before == SMALL.size
 
 
-def test_async_job(server: httpx.Client, predictor: Predictor) -> None:
-    """Submit / status / get with httpx (bentoml's SyncHTTPClient task submit is broken in 1.4.39)."""
-    image = RNG.integers(0, 256, (130, 97), dtype=np.uint8)
-    submitted = server.post("/segment_job/submit", files={"image": ("big.png", png(image), "image/png")})
+def run_job(client: httpx.Client, upload: tuple[str, bytes, str], **fields: str) -> httpx.Response:
+    """Submit / poll / get with httpx (bentoml's SyncHTTPClient task submit is broken in 1.4.39)."""
+    submitted = client.post("/segment_job/submit", files={"image": upload}, data=fields)
     assert submitted.status_code == 200, submitted.text
     task_id = submitted.json()["task_id"]
-    deadline = time.monotonic() + 60
-    while (status := server.get("/segment_job/status", params={"task_id": task_id}).json()["status"]) in ("in_progress", "pending"):
+    deadline = time.monotonic() + 120
+    while (status := client.get("/segment_job/status", params={"task_id": task_id}).json()["status"]) in ("in_progress", "pending"):
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert status == "completed"
-    result = server.get("/segment_job/get", params={"task_id": task_id})
-    assert result.status_code == 200
+    result = client.get("/segment_job/get", params={"task_id": task_id})
+    assert (status == "completed") == (result.status_code == 200), (status, result.text)
+    return result
+
+
+def predicted_file(bundle: Path, image: Path, output: Path) -> Path:
+    """``tessera predict`` in this process: the reference a job's file must equal."""
+    assert tessera(["predict", str(bundle), str(image), "-o", str(output), "--device", "cpu", "--quiet"]) == 0
+    return output
+
+
+@pytest.fixture(scope="session")
+def job_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiled TIFF of several tiles for the small model (read lazily by the job)."""
+    pixels = np.asarray(Image.open(ISBI_SLICE).resize((700, 530)))
+    path = tmp_path_factory.mktemp("job") / "big.tif"
+    tifffile.imwrite(path, pixels, tile=(128, 128), compression="zlib")
+    return path
+
+
+def test_async_job_zarr_equals_tessera_predict(server: httpx.Client, bundle: Path, job_image: Path, predictor, tmp_path) -> None:
+    assert len(predictor.grid(530, 700)) >= 4
+    result = run_job(server, ("big.tif", job_image.read_bytes(), "image/tiff"), format="zarr")
+    assert result.headers["content-type"] == "application/zip"
+    assert 'filename="labels.zarr.zip"' in result.headers["content-disposition"]
+    archive = tmp_path / "labels.zarr.zip"
+    archive.write_bytes(result.content)
+    got = zarr.open(zarr.storage.ZipStore(archive, mode="r"), mode="r")
+    expected = zarr.open(str(predicted_file(bundle, job_image, tmp_path / "expected.zarr")), mode="r")
+    assert got.shape == (530, 700) and got.chunks == expected.chunks
+    np.testing.assert_array_equal(got[:], expected[:])
+    assert set(np.unique(got[:])) == {0, 1}
+    assert got.attrs["classes"] == ["background", "foreground"]
+
+
+@pytest.mark.parametrize("upload", ["tiff", "png"])
+def test_async_job_tiff_equals_tessera_predict(server: httpx.Client, bundle: Path, job_image: Path, upload: str, tmp_path) -> None:
+    image = job_image
+    if upload == "png":  # decoded in memory instead of read lazily: the same labels
+        image = tmp_path / "big.png"
+        image.write_bytes(png(tifffile.imread(job_image)))
+    result = run_job(server, (image.name, image.read_bytes(), f"image/{upload}"))
+    assert result.headers["content-type"] == "image/tiff"
+    expected = tifffile.imread(predicted_file(bundle, image, tmp_path / "expected.tif"))
+    np.testing.assert_array_equal(tifffile.imread(io.BytesIO(result.content)), expected)
+
+
+def test_async_job_file_name_does_not_choose_the_reader(server: httpx.Client, predictor: Predictor) -> None:
+    image = RNG.integers(0, 256, (130, 97), dtype=np.uint8)
+    result = run_job(server, ("lies.tif", png(image), "image/tiff"))
     np.testing.assert_array_equal(tifffile.imread(io.BytesIO(result.content)), predictor.predict(image).labels)
 
 
 def test_async_job_bad_image(server: httpx.Client) -> None:
     response = server.post("/segment_job", files={"image": ("empty.png", b"", "image/png")})
     assert response.status_code == 400, response.text
-    assert response.json()  # BentoML's own JSON error body
+    assert "empty" in response.text and "/tmp" not in response.text  # BentoML's body: [{"error": ...}]
+
+
+def test_async_job_wrong_channels(server: httpx.Client) -> None:
+    colour = tiff(RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8), photometric="rgb")
+    response = server.post("/segment_job", files={"image": ("rgb.tif", colour, "image/tiff")})
+    assert response.status_code == 422, response.text
+    assert "3 channel(s)" in response.text
+
+
+def test_async_job_bad_format(server: httpx.Client) -> None:
+    response = server.post("/segment_job", files={"image": ("x.png", png(SMALL), "image/png")}, data={"format": "jpeg"})
+    assert response.status_code == 400, response.text
+    assert "format" in response.text
+    submitted = run_job(server, ("x.png", png(SMALL), "image/png"), format="jpeg")
+    assert submitted.status_code == 400 and "format" in submitted.text
+
+
+def test_async_job_over_limit_body(server: httpx.Client) -> None:
+    """Refused before BentoML stores the body, and no task is created."""
+    upload = ("big.tif", b"\0" * (MAX_UPLOAD_BYTES + 1), "image/tiff")
+    assert_refused(server.post("/segment_job/submit", files={"image": upload}), 413, "too_large", "over the limit")
+
+
+def test_chunked_over_limit_body(server: httpx.Client) -> None:
+    """A body without Content-Length is counted as it streams and refused once past the limit."""
+
+    def chunks():
+        for _ in range(MAX_UPLOAD_BYTES // 2**16 + 2):
+            yield b"\0" * 2**16
+
+    response = server.post("/segment", content=chunks(), headers={"content-type": "image/png"})
+    assert_refused(response, 413, "too_large", "over the limit")
 
 
 # ---------------------------------------------------------------------------- bad input: one test each

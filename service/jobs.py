@@ -1,0 +1,72 @@
+"""Asynchronous segmentation jobs: an uploaded image file streamed through the tiler into a file.
+
+The HTTP task ``segment_job`` (:mod:`service.http`) calls :func:`segment_file`. The upload is a
+file on disk (BentoML writes the multipart part to a request temporary directory); a TIFF/BigTIFF
+is opened lazily (:func:`service.uploads.open_upload`) and the labels are written tile by tile
+with :meth:`training.predictor.Predictor.predict_to` into a file sink of :mod:`training.writers`,
+so memory is bounded by the tile batch and the sink's row bands, not by the image:
+
+* ``tiff`` -- a tiled, zlib-compressed BigTIFF of class indices (what ``tessera predict -o x.tif``
+  writes);
+* ``zarr`` -- a zarr v3 array of class indices chunked on the tile grid (what ``tessera predict
+  -o x.zarr`` writes), packed into one zip file (entries at the root, stored uncompressed as the
+  zarr zip-store convention asks; the chunks are already compressed), which
+  ``zarr.open(zarr.storage.ZipStore(path, mode="r"))`` reads back.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from training.mirror import ArrayLike2D
+from training.predictor import Predictor
+from training.readers import fit_channels
+from training.writers import label_dtype, open_sink
+
+
+class JobFormat(str, Enum):
+    """The file a segmentation job produces."""
+
+    tiff = "tiff"  # tiled BigTIFF of class indices
+    zarr = "zarr"  # zarr v3 store of class indices, zipped
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished job's file, its media type and the file name offered to the client."""
+
+    path: Path
+    media_type: str
+    filename: str
+    pixels: int
+
+
+def zip_directory(directory: Path, target: Path) -> Path:
+    """Pack every file under ``directory`` into the zip ``target`` (paths relative to it, stored)."""
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for file in sorted(directory.rglob("*")):
+            if file.is_file():
+                archive.write(file, file.relative_to(directory).as_posix())
+    return target
+
+
+def segment_file(predictor: Predictor, source: ArrayLike2D, fmt: JobFormat, work: Path) -> JobResult:
+    """Segment ``source`` tile by tile into a ``fmt`` label file inside the directory ``work``.
+
+    The sink has the chunking and attributes ``tessera predict`` gives the same format, so the
+    arrays are identical to its output.
+    """
+    source = fit_channels(source, predictor.info.in_channels)
+    height, width = source.shape[:2]
+    grid = predictor.grid(height, width)
+    output = work / ("labels.zarr" if fmt == JobFormat.zarr else "labels.tif")
+    attributes = {"classes": predictor.info.classes, "values": "class index"}
+    dtype = label_dtype(predictor.num_classes)
+    with open_sink(output, (height, width), dtype, (grid.step_h, grid.step_w), attributes) as labels:
+        predictor.predict_to(source, labels=labels)
+    if fmt == JobFormat.zarr:
+        return JobResult(zip_directory(output, work / "labels.zarr.zip"), "application/zip", "labels.zarr.zip", height * width)
+    return JobResult(output, "image/tiff", "labels.tif", height * width)
