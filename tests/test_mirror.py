@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.mirror import NUMPY_MODE, mirror_indices, mirror_pad, mirror_window
+from training.mirror import NUMPY_MODE, PaddedImage, mirror_indices, mirror_pad, mirror_window
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 16])
@@ -50,3 +50,16 @@ def test_tiny_images_mirror_without_error():
     assert (mirror_window(one, -50, 50, -3, 4) == 7).all()
     three_by_five = np.arange(15).reshape(3, 5)
     assert np.array_equal(mirror_pad(three_by_five, (20, 20), (20, 20)), np.pad(three_by_five, 20, mode="reflect"))
+
+
+def test_padded_image_is_sliced_with_the_border_it_carries():
+    image = np.arange(6 * 10).reshape(6, 10)
+    block = mirror_pad(image, (2, 3), (1, 1))[:6, :9]  # image rows -2..3, columns -3..5
+    padded = PaddedImage(block, (-2, -3), image.shape)
+    assert np.array_equal(mirror_window(padded, -2, 3, -3, 5), mirror_window(image, -2, 3, -3, 5))
+    assert np.array_equal(padded[1:3, 0:4], image[1:3, 0:4])
+    with pytest.raises(ValueError, match="not inside the padded block"):
+        mirror_window(padded, 0, 5, 0, 7)
+    symmetric = np.pad(image, ((2, 1), (3, 1)), mode="symmetric")[:6, :9]  # dask's boundary="reflect"
+    trusted = mirror_window(PaddedImage(symmetric, (-2, -3), image.shape), -2, 3, -3, 5)
+    assert not np.array_equal(trusted, mirror_window(image, -2, 3, -3, 5))

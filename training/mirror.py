@@ -9,7 +9,10 @@ Windows may reach arbitrarily far outside the image (a 1x1 image inside a 572 px
 reflection then repeats with period ``2 * (n - 1)``, exactly as ``np.pad(..., mode="reflect")``.
 
 Training patches, the tiler, whole-image inference and batch jobs all read their windows through
-:func:`mirror_window`, so every path sees identical borders.
+:func:`mirror_window`, so every path sees identical borders. A :class:`PaddedImage` (a block of an
+image padded beforehand with this mirror, e.g. a ``dask.array.map_overlap`` block in a gigapixel
+job) is read by slicing: its border is the one it carries, which is why that padding must be this
+mirror and not dask's ``boundary="reflect"``.
 """
 
 from __future__ import annotations
@@ -45,13 +48,50 @@ def mirror_indices(start: int, stop: int, size: int) -> np.ndarray:
     return np.where(folded < size, folded, period - folded)
 
 
+class PaddedImage:
+    """An image known through one block that already holds its mirrored border.
+
+    ``block[i, j]`` is the image's pixel ``(origin[0] + i, origin[1] + j)``, where positions outside
+    the image hold what :func:`mirror_indices` maps them to (the block was cut from an image padded
+    with this mirror). ``shape`` is the whole image's, so a tile grid planned on it is the whole
+    image's grid. Windows are plain slices of the block; one reaching past it is an error, never
+    silently re-mirrored.
+    """
+
+    def __init__(self, block: np.ndarray, origin: tuple[int, int], shape: tuple[int, ...]) -> None:
+        self.block = block
+        self.origin = (int(origin[0]), int(origin[1]))
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = block.dtype
+
+    def window(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Image rows ``y0..y1-1`` and columns ``x0..x1-1`` (border included), a view of the block."""
+        r0, c0 = y0 - self.origin[0], x0 - self.origin[1]
+        r1, c1 = r0 + y1 - y0, c0 + x1 - x0
+        if r0 < 0 or c0 < 0 or r1 > self.block.shape[0] or c1 > self.block.shape[1]:
+            raise ValueError(
+                f"window rows {y0}..{y1}, columns {x0}..{x1} is not inside the padded block "
+                f"(rows {self.origin[0]}..{self.origin[0] + self.block.shape[0]}, "
+                f"columns {self.origin[1]}..{self.origin[1] + self.block.shape[1]})"
+            )
+        return self.block[r0:r1, c0:c1]
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = key[:2] if isinstance(key, tuple) else (key, slice(None))
+        y0, y1, _ = rows.indices(self.shape[0])
+        x0, x1, _ = cols.indices(self.shape[1])
+        return self.window(y0, y1, x0, x1)
+
+
 def mirror_window(image: ArrayLike2D, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
     """Read ``image[y0:y1, x0:x1]`` where the window may extend past the borders, mirrored.
 
     Only the bounding box of the rows and columns actually needed is read from ``image``, so a
     lazy source (zarr, a TIFF page) is touched for at most the window's own area. Trailing axes
-    (channels) are kept as they are.
+    (channels) are kept as they are. A :class:`PaddedImage` is sliced: it carries its border.
     """
+    if isinstance(image, PaddedImage):
+        return image.window(y0, y1, x0, x1)
     height, width = image.shape[:2]
     rows = mirror_indices(y0, y1, height)
     cols = mirror_indices(x0, x1, width)
