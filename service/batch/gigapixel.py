@@ -12,17 +12,39 @@ Output ``DST/NAME.zarr`` (``NAME`` = the input's name without its suffix), an OM
 With ``tiff=True`` the full-resolution label map is also written as a tiled BigTIFF
 ``DST/NAME.tif`` (streamed in row bands; temporary name, then rename).
 
-How the work is cut: the output is chunked on the predictor's tile grid (a chunk is a whole
-number of tile steps, about :data:`CHUNK_TARGET` pixels), and each chunk is one task:
-:meth:`~training.predictor.Predictor.predict_region` of that box of the lazily read input,
-with the whole image's normalisation statistics (computed once, streamed, before the tasks).
-A region call uses the whole image's tile grid and mirrors only at the true image border
-(:mod:`training.mirror`), so every chunk is byte-identical to the same block of ``tessera
-predict`` on the whole image -- for valid and same padding alike -- whatever runs it (this
-process or any Dask worker). Each task reads its input window (chunk + model context) from the
-file itself; no halo is shipped between workers.
+The computation is ``dask.array.map_overlap`` over the lazily read input:
 
-Resuming: while running, the output lives in ``DST/.NAME.zarr.partial``. A task writes its
+* the output is chunked on the predictor's tile grid (a chunk is a whole number of tile steps,
+  about :data:`CHUNK_TARGET` pixels), and the input array has the same chunks;
+* the input is mirror-padded beforehand with Tessera's one mirror (:mod:`training.mirror`,
+  numpy ``reflect``), lazily: :class:`PaddedInput` reads every chunk through
+  :func:`~training.mirror.mirror_window`. map_overlap then runs with ``boundary="none"``. Dask's
+  own ``boundary="reflect"`` is numpy's ``symmetric`` (the edge pixel repeated): it would change
+  every tile that reaches past the image border;
+* ``depth`` per axis is ``(before, after)`` from :func:`overlap_plan`: ``before`` is the model's
+  context (the margin of a valid U-Net, the measured halo of a same-padded smp model) and
+  ``after`` the context plus the part of a tile's output beyond its step, which the step drops to
+  stay on the pooling stride. The first and last chunks carry the padding; the last one up to the
+  last tile row's window, which may reach past the image by more than the depth;
+* :func:`segment_block` gets a chunk plus its halo and runs
+  :meth:`~training.predictor.Predictor.predict_region` on it through a
+  :class:`~training.mirror.PaddedImage`: the tiles are those of the whole image's grid (same
+  stride phase, same tile sizes), their windows plain slices of the block, normalised with the
+  whole image's statistics (computed once, streamed, before the run). Every chunk is therefore
+  byte-identical to the same block of ``tessera predict`` on the whole image, for valid and same
+  padding alike, whichever process computes it;
+* :func:`write_block` (a ``map_blocks`` over the map_overlap result) writes a chunk into the
+  partial output, then its done-marker.
+
+Only the chunks without a marker are computed, :data:`WINDOW` x :data:`WINDOW` chunks at a time:
+map_overlap is applied to that window of the padded input plus its ring of neighbour chunks
+(dask's overlap reads only direct neighbours), so the task graph and the pixels in flight stay
+bounded whatever the image size (dask materialises an overlap graph whole: about 12 tasks per
+chunk), and each input chunk is read about ``(WINDOW + 2)**2 / WINDOW**2`` times. The runner
+(:mod:`service.batch.scheduler`) computes the windows here with dask's synchronous scheduler or on
+a Dask cluster, where the model is loaded once per worker.
+
+Resuming: while running, the output lives in ``DST/.NAME.zarr.partial``. A block writes its
 chunk(s) and then a done-marker file (``.tessera-done/ROW.COL``). zarr 3 does not store chunks
 equal to the fill value, so a missing chunk cannot mean "not done": only the marker does. A
 rerun with the same job key (bundle, tile, TTA, chunking, probabilities, input size and
@@ -37,7 +59,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,12 +67,16 @@ import numpy as np
 
 from service.batch.files import atomic_write, job_lock, sweep_temporaries
 from service.batch.scheduler import PredictorSpec, predictor_for
+from training.mirror import PaddedImage, mirror_window
 from training.overlay import PALETTE
 from training.readers import TIFF_SUFFIXES, ZARR_SUFFIXES, fit_channels, open_image
+from training.tiling import TileGrid
 from training.writers import encode_probabilities, label_dtype, move_into_place, open_sink
 
 #: Aimed-for chunk edge in output pixels (rounded to a whole number of tile steps).
 CHUNK_TARGET = 1024
+#: Output chunks per side of the window one map_overlap graph is built and computed for.
+WINDOW = 4
 #: Name suffix of the folder an unfinished output lives in.
 PARTIAL_SUFFIX = ".partial"
 #: Folder of done-markers inside the partial output.
@@ -66,26 +92,91 @@ SPACE_AXES = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
 CHANNEL_AXIS = {"name": "c", "type": "channel"}
 
 Progress = Callable[[int, int], None]
+#: One window's work: a dask task graph and the keys of its write tasks.
+Work = tuple[dict, list]
 
 #: Sources opened in this process, by path (workers keep the file open across tasks).
 _SOURCES: dict[tuple[str, int], object] = {}
 
 
 @dataclass(frozen=True)
+class OverlapPlan:
+    """The map_overlap geometry, per axis ``(y, x)``, in pixels.
+
+    ``before`` / ``after``: the depth -- input a chunk's tiles read before its first and after its
+    last output pixel; ``beyond``: the mirror padding after the image's end, up to the end of the
+    last tile row's window (the padding before it is ``before``).
+    """
+
+    before: tuple[int, int]
+    after: tuple[int, int]
+    beyond: tuple[int, int]
+
+    @property
+    def depth(self) -> dict[int, tuple[int, int]]:
+        """map_overlap's asymmetric depth (allowed with ``boundary="none"`` only)."""
+        return {0: (self.before[0], self.after[0]), 1: (self.before[1], self.after[1])}
+
+    @property
+    def least_chunk(self) -> tuple[int, int]:
+        """Smallest chunk edges: dask takes a block's halo from its direct neighbours only."""
+        return max(self.before[0], self.after[0]), max(self.before[1], self.after[1])
+
+
+def overlap_plan(grid: TileGrid) -> OverlapPlan:
+    """Depth and padding from the whole image's crop-only tile grid: a chunk of whole tile steps
+    starting at ``y0`` reads rows ``y0 - context`` to its end plus ``window end - step`` of the
+    first tile (the output rows the step drops to keep tiles on the pooling stride)."""
+    wy0, wy1, wx0, wx1 = grid.tile(0, 0).window
+    last = grid.tile(grid.rows - 1, grid.cols - 1).window
+    return OverlapPlan(
+        before=(-wy0, -wx0),
+        after=(wy1 - grid.step_h, wx1 - grid.step_w),
+        beyond=(last[1] - grid.height, last[3] - grid.width),
+    )
+
+
+def plan_chunks(predictor, height: int, width: int, chunk: int | None) -> tuple[OverlapPlan, tuple[int, int]]:
+    """The map_overlap plan and the chunk edges of a ``height x width`` job with ``predictor``."""
+    grid = predictor.grid(height, width)
+    plan = overlap_plan(grid)
+    return plan, chunk_shape(height, width, grid.step_h, grid.step_w, chunk, plan.least_chunk)
+
+
+@dataclass(frozen=True)
 class GigapixelJob:
-    """What every chunk task needs (picklable): the input, the partial output, the chunking and
-    the whole image's normalisation statistics."""
+    """What every block needs (picklable): the input, the partial output, the chunking, the
+    map_overlap plan and the whole image's normalisation statistics."""
 
     source: str
     partial: str
-    height: int
-    width: int
+    shape: tuple[int, ...]
+    dtype: str
     chunk: tuple[int, int]
+    plan: OverlapPlan
     classes: int
     probabilities: bool
     mean: tuple[float, ...]
     std: tuple[float, ...]
     max_pixels: int | None
+
+    @property
+    def height(self) -> int:
+        return self.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.shape[1]
+
+    @property
+    def channels(self) -> int:
+        """Channels of the (model-fitted) input: 1 for a 2-D image."""
+        return self.shape[2] if len(self.shape) == 3 else 1
+
+    @property
+    def layers(self) -> int:
+        """Planes of a segmented block: the labels, then one per class with probabilities."""
+        return 1 + (self.classes if self.probabilities else 0)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -98,6 +189,47 @@ class GigapixelJob:
     def box(self, index: tuple[int, int]) -> tuple[int, int, int, int]:
         (r, c), (ch, cw) = index, self.chunk
         return r * ch, min((r + 1) * ch, self.height), c * cw, min((c + 1) * cw, self.width)
+
+    def output_chunks(self, axis: int) -> tuple[int, ...]:
+        """Chunk sizes of the output along ``axis`` (0: y, 1: x)."""
+        length, edge = self.shape[axis], self.chunk[axis]
+        return (edge,) * (length // edge) + ((length % edge,) if length % edge else ())
+
+    def padded_chunks(self, axis: int) -> tuple[int, ...]:
+        """Chunk sizes of the padded input: the output's, the first grown by the padding before
+        the image, the last by the padding beyond it."""
+        sizes = list(self.output_chunks(axis))
+        sizes[0] += self.plan.before[axis]
+        sizes[-1] += self.plan.beyond[axis]
+        return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class PaddedInput:
+    """The job's input mirror-padded by its plan, read lazily chunk by chunk (what
+    ``da.from_array`` wraps). Picklable: it holds the job (a path), never an open file."""
+
+    job: GigapixelJob
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        (by, bx), (ay, ax) = self.job.plan.before, self.job.plan.beyond
+        return (by + self.job.height + ay, bx + self.job.width + ax, *self.job.shape[2:])
+
+    @property
+    def ndim(self) -> int:
+        return len(self.job.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.job.dtype)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        """Padded rows/columns ``key`` (slices with bounds, as dask passes them), mirrored."""
+        rows, cols, *rest = key
+        by, bx = self.job.plan.before
+        pixels = mirror_window(_open_source(self.job), rows.start - by, rows.stop - by, cols.start - bx, cols.stop - bx)
+        return pixels[(slice(None), slice(None), *rest)]
 
 
 @dataclass
@@ -142,17 +274,18 @@ def output_stem(src: Path) -> str:
     return name or "image"
 
 
-def chunk_shape(height: int, width: int, step_h: int, step_w: int, chunk: int | None) -> tuple[int, int]:
+def chunk_shape(height: int, width: int, step_h: int, step_w: int, chunk: int | None,
+                least: tuple[int, int] = (1, 1)) -> tuple[int, int]:
     """Chunk edges: whole numbers of tile steps, about ``chunk`` (default CHUNK_TARGET) pixels,
-    no more steps than the image needs."""
+    at least ``least`` (the map_overlap depth), no more steps than the image needs."""
     target = chunk or CHUNK_TARGET
     if target < 1:
         raise ValueError(f"chunk must be >= 1 pixel, not {target}")
 
-    def edge(length: int, step: int) -> int:
-        return step * min(max(1, round(target / step)), -(-length // step))
+    def edge(length: int, step: int, minimum: int) -> int:
+        return step * min(max(1, round(target / step), -(-minimum // step)), -(-length // step))
 
-    return edge(height, step_h), edge(width, step_w)
+    return edge(height, step_h, least[0]), edge(width, step_w, least[1])
 
 
 def source_fingerprint(path: Path) -> dict:
@@ -165,31 +298,103 @@ def marker(partial: Path, index: tuple[int, int]) -> Path:
     return partial / DONE_FOLDER / f"{index[0]}.{index[1]}"
 
 
-# ---------------------------------------------------------------------------------- the task
-def _open_source(job: GigapixelJob, in_channels: int):
-    key = (job.source, in_channels)
+# ---------------------------------------------------------------------------------- the blocks
+def _open_source(job: GigapixelJob):
+    """The job's input in this process, fitted to the model's channels (opened once per process)."""
+    key = (job.source, job.channels)
     if key not in _SOURCES:
         _SOURCES.clear()
-        _SOURCES[key] = fit_channels(open_image(job.source, max_pixels=job.max_pixels), in_channels)
+        _SOURCES[key] = fit_channels(open_image(job.source, max_pixels=job.max_pixels), job.channels)
     return _SOURCES[key]
 
 
-def segment_chunk(index: tuple[int, int], job: GigapixelJob, spec: PredictorSpec) -> dict:
-    """Segment one output chunk, write it into the partial output, then its done-marker."""
+def _location(block_info: dict, which, origin: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Image box ``(y0, y1, x0, x1)`` of a block, from dask's ``block_info`` and the window origin."""
+    (y0, y1), (x0, x1) = block_info[which]["array-location"][-2:]
+    return y0 + origin[0], y1 + origin[0], x0 + origin[1], x1 + origin[1]
+
+
+def segment_block(block: np.ndarray, job: GigapixelJob, spec: PredictorSpec, origin: tuple[int, int],
+                  block_info: dict | None = None) -> np.ndarray:
+    """map_overlap's function: one output chunk from its padded input block (chunk + halo).
+
+    Returns ``(job.layers, h, w)``: the labels, then ``round(255 p)`` per class if asked.
+    """
+    y0, y1, x0, x1 = _location(block_info, None, origin)
+    by, bx = job.plan.before
+    image = PaddedImage(block, (y0 - by, x0 - bx), job.shape)
+    stats = (np.asarray(job.mean, np.float64), np.asarray(job.std, np.float64))
+    prediction = predictor_for(spec).predict_region(image, y0, y1, x0, x1, stats, probabilities=job.probabilities)
+    planes = [prediction.labels]
+    if job.probabilities:
+        planes.extend(encode_probabilities(prediction.probabilities, np.uint8))
+    return np.stack(planes).astype(label_dtype(job.classes), copy=False)
+
+
+def write_block(segmented: np.ndarray, job: GigapixelJob, origin: tuple[int, int],
+                block_info: dict | None = None) -> np.ndarray:
+    """Write one segmented chunk into the partial output, then its done-marker."""
     import zarr
 
-    started = time.perf_counter()
-    predictor = predictor_for(spec)
-    source = _open_source(job, predictor.info.in_channels)
-    y0, y1, x0, x1 = job.box(index)
-    stats = (np.asarray(job.mean, np.float64), np.asarray(job.std, np.float64))
-    prediction = predictor.predict_region(source, y0, y1, x0, x1, stats, probabilities=job.probabilities)
+    y0, y1, x0, x1 = _location(block_info, 0, origin)
     group = zarr.open_group(job.partial, mode="r+")
-    group["0"][y0:y1, x0:x1] = prediction.labels
+    group["0"][y0:y1, x0:x1] = segmented[0]
     if job.probabilities:
-        group[f"{PROBABILITIES}/0"][:, y0:y1, x0:x1] = encode_probabilities(prediction.probabilities, np.uint8)
-    marker(Path(job.partial), index).touch()
-    return {"chunk": list(index), "seconds": round(time.perf_counter() - started, 4)}
+        group[f"{PROBABILITIES}/0"][:, y0:y1, x0:x1] = segmented[1:].astype(np.uint8)
+    marker(Path(job.partial), (y0 // job.chunk[0], x0 // job.chunk[1])).touch()
+    return np.ones((1, 1, 1), np.uint8)
+
+
+def padded_input(job: GigapixelJob):
+    """The mirror-padded input as a lazy dask array chunked like the output (plus the padding)."""
+    import dask.array as da
+
+    chunks = (job.padded_chunks(0), job.padded_chunks(1), *((n,) for n in job.shape[2:]))
+    data = PaddedInput(job)
+    return da.from_array(data, chunks=chunks, lock=False, meta=np.empty((0,) * data.ndim, data.dtype))
+
+
+def segmentation(padded, job: GigapixelJob, spec: PredictorSpec,
+                 rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None):
+    """The output chunks ``rows x cols`` (chunk indices, default all) as a lazy
+    ``(job.layers, h, w)`` dask array: ``map_overlap`` of :func:`segment_block` over those chunks
+    of the padded input plus their ring of neighbours, ``boundary="none"``."""
+    import dask.array as da
+
+    (r0, r1), (c0, c1) = rows or (0, job.grid[0]), cols or (0, job.grid[1])
+    a, b = max(0, r0 - 1), min(job.grid[0], r1 + 1)
+    c, d = max(0, c0 - 1), min(job.grid[1], c1 + 1)
+    dtype = label_dtype(job.classes)
+    result = da.map_overlap(
+        segment_block, padded.blocks[a:b, c:d],
+        depth=job.plan.depth, boundary="none", trim=False, allow_rechunk=False,
+        chunks=((job.layers,), job.output_chunks(0)[a:b], job.output_chunks(1)[c:d]),
+        new_axis=[0], drop_axis=[2] if len(job.shape) == 3 else [],
+        dtype=dtype, meta=np.empty((0, 0, 0), dtype),
+        job=job, spec=spec, origin=(a * job.chunk[0], c * job.chunk[1]),
+    )
+    return result.blocks[:, r0 - a : r1 - a, c0 - c : c1 - c]
+
+
+def window_work(padded, job: GigapixelJob, spec: PredictorSpec, pending: list[tuple[int, int]]) -> Iterator[Work]:
+    """For each :data:`WINDOW` x :data:`WINDOW` window holding pending chunks: the optimised
+    graph of its written chunks and the keys of the pending ones (built one window at a time)."""
+    from dask.array.optimization import optimize
+
+    windows: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for r, c in pending:
+        windows.setdefault((r // WINDOW, c // WINDOW), []).append((r, c))
+    for (wr, wc), indices in windows.items():
+        rows = (wr * WINDOW, min(job.grid[0], (wr + 1) * WINDOW))
+        cols = (wc * WINDOW, min(job.grid[1], (wc + 1) * WINDOW))
+        segmented = segmentation(padded, job, spec, rows, cols)
+        written = segmented.map_blocks(
+            write_block, job=job, origin=(rows[0] * job.chunk[0], cols[0] * job.chunk[1]),
+            chunks=((1,), (1,) * (rows[1] - rows[0]), (1,) * (cols[1] - cols[0])),
+            dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8),
+        )
+        keys = [(written.name, 0, r - rows[0], c - cols[0]) for r, c in indices]
+        yield optimize(written.__dask_graph__(), keys), keys
 
 
 # ---------------------------------------------------------------------------------- the job
@@ -219,8 +424,7 @@ def run_gigapixel(
         sweep_temporaries(root)
         source = fit_channels(open_image(src, max_pixels=max_pixels), predictor.info.in_channels)
         height, width = (int(n) for n in source.shape[:2])
-        grid = predictor.grid(height, width)
-        chunks = chunk_shape(height, width, grid.step_h, grid.step_w, chunk)
+        plan, chunks = plan_chunks(predictor, height, width, chunk)
         key = _job_key(spec, src, (height, width), chunks, probabilities)
         report.shape, report.chunk = [height, width], list(chunks)
         if _complete(output, key):
@@ -233,18 +437,19 @@ def run_gigapixel(
             report.seconds = round(time.perf_counter() - started, 3)
             return report
         partial = root / f".{output.name}{PARTIAL_SUFFIX}"
-        job = _open_partial(partial, key, src, source, predictor, (height, width), chunks, probabilities, max_pixels)
+        job = _open_partial(partial, key, src, source, predictor, plan, chunks, probabilities, max_pixels)
         indices = job.chunks()
         pending = [i for i in indices if not marker(partial, i).exists()]
         report.chunks, report.resumed = len(indices), len(indices) - len(pending)
-        done = report.resumed
         if progress is not None:
-            progress(done, len(indices))
-        for _ in runner.map(segment_chunk, pending, job=job, spec=spec):
-            done += 1
+            progress(report.resumed, len(indices))
+
+        def written(_result) -> None:
             report.computed += 1
             if progress is not None:
-                progress(done, len(indices))
+                progress(report.resumed + report.computed, len(indices))
+
+        runner.compute(window_work(padded_input(job), job, spec, pending), written)
         missing = [i for i in indices if not marker(partial, i).exists()]
         if missing:
             raise RuntimeError(f"{len(missing)} chunk(s) have no done-marker after the run; rerun the job")
@@ -273,10 +478,11 @@ def _complete(output: Path, key: str) -> bool:
     return attributes.get("tessera", {}).get("job") == key
 
 
-def _open_partial(partial, key, src, source, predictor, shape, chunks, probabilities, max_pixels) -> GigapixelJob:
+def _open_partial(partial, key, src, source, predictor, plan, chunks, probabilities, max_pixels) -> GigapixelJob:
     """The job of an unfinished output with this key (resumed), or a fresh partial output."""
     import zarr
 
+    shape = tuple(int(n) for n in source.shape)
     job_file = partial / JOB_FILE
     stats = None
     if job_file.is_file():
@@ -293,17 +499,18 @@ def _open_partial(partial, key, src, source, predictor, shape, chunks, probabili
         mean, std = predictor.statistics(source)
         stats = (tuple(float(v) for v in np.atleast_1d(mean)), tuple(float(v) for v in np.atleast_1d(std)))
         group = zarr.open_group(str(partial), mode="w", zarr_format=3)
-        group.create_array("0", shape=shape, chunks=chunks, dtype=label_dtype(classes), fill_value=0,
+        group.create_array("0", shape=shape[:2], chunks=chunks, dtype=label_dtype(classes), fill_value=0,
                            dimension_names=("y", "x"))
         if probabilities:
             group.create_group(PROBABILITIES).create_array(
-                "0", shape=(classes, *shape), chunks=(classes, *chunks), dtype=np.uint8, fill_value=0,
+                "0", shape=(classes, *shape[:2]), chunks=(classes, *chunks), dtype=np.uint8, fill_value=0,
                 dimension_names=("c", "y", "x"))
         (partial / DONE_FOLDER).mkdir()
         atomic_write(job_file, json.dumps({"job": key, "mean": stats[0], "std": stats[1]}).encode())
     return GigapixelJob(
-        source=str(src.resolve()), partial=str(partial), height=shape[0], width=shape[1], chunk=chunks,
-        classes=classes, probabilities=probabilities, mean=stats[0], std=stats[1], max_pixels=max_pixels,
+        source=str(src.resolve()), partial=str(partial), shape=shape, dtype=str(np.dtype(source.dtype)),
+        chunk=chunks, plan=plan, classes=classes, probabilities=probabilities, mean=stats[0], std=stats[1],
+        max_pixels=max_pixels,
     )
 
 

@@ -233,9 +233,9 @@ class DaskRunner:
 
     def compute(self, work: Iterable[tuple[Mapping, list]], done: Callable[[Any], None]) -> None:
         """Compute the ``keys`` of each ``(graph, keys)`` on the cluster, calling ``done(result)``
-        as each finishes (any order). The next graph is submitted while fewer than two keys per
-        worker thread are in flight, so a long job never holds its whole graph; keys shared by
-        two graphs are computed once while in memory, and a dead worker's keys are recomputed."""
+        as each finishes (any order). The next graph is submitted once fewer than two keys per
+        worker thread are in flight, so a long job never submits its whole graph at once; Dask
+        recomputes the keys of a worker that dies."""
         from distributed import as_completed
 
         limit = max(2, 2 * sum(self.client.nthreads().values()))
