@@ -28,7 +28,7 @@ import io
 import json
 import os
 import tempfile
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from http import HTTPStatus
 from pathlib import Path
@@ -140,7 +140,9 @@ class Tessera:
         self.bundle = load_bundle(path)
         self.limits = limits_from_env()
         self.predictors: dict[tuple, Predictor] = {}
-        self.lock = threading.Lock()
+        # Every inference runs on this one thread: one request at a time (the model uses every
+        # core), and PyTorch's buffers stay in one malloc arena instead of one per pool thread.
+        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-model")
         self.predictor(None, TTA.none)
 
     # ------------------------------------------------------------------ helpers
@@ -158,12 +160,10 @@ class Tessera:
         return self.predictors[key]
 
     def segment_pixels(self, pixels: np.ndarray, tile: int | None, tta: TTA, probabilities: bool, endpoint: str):
-        """Run the predictor (one request at a time per worker: the model uses every core)."""
+        """Run the predictor; called on :attr:`model_thread` only."""
         try:
             pixels = match_channels(pixels, self.info.in_channels)
-            with self.lock:
-                predictor = self.predictor(tile, tta)
-                prediction = predictor.predict(pixels, probabilities=probabilities)
+            prediction = self.predictor(tile, tta).predict(pixels, probabilities=probabilities)
         except ImageError as error:
             raise UploadError(422, error.reason, str(error)) from None
         except ValueError as error:  # an invalid tile size names the valid ones
@@ -208,8 +208,8 @@ class Tessera:
             data = await read_upload(request)
             pixels = decode_upload(data, self.limits)
             want_probabilities = output == Output.probabilities or threshold is not None
-            pixels, prediction = await asyncio.to_thread(
-                self.segment_pixels, pixels, tile, tta, want_probabilities, "segment"
+            pixels, prediction = await asyncio.get_running_loop().run_in_executor(
+                self.model_thread, self.segment_pixels, pixels, tile, tta, want_probabilities, "segment"
             )
         except UploadError as error:
             return error_response(error.status, error.error, error.detail)
@@ -266,8 +266,9 @@ class Tessera:
         """
         try:
             source = open_upload(Path(image), self.limits)
-            with tempfile.TemporaryDirectory(prefix="tessera-job-") as work, self.lock:
-                result = segment_file(self.predictor(None, TTA.none), source, JobFormat(format), Path(work))
+            with tempfile.TemporaryDirectory(prefix="tessera-job-") as work:
+                predictor = self.model_thread.submit(self.predictor, None, TTA.none).result()
+                result = self.model_thread.submit(segment_file, predictor, source, JobFormat(format), Path(work)).result()
                 body = result.path.read_bytes()
         except UploadError as error:  # BentoML answers {"error": message} with this status
             raise BentoMLException(f"{error.error}: {error.detail}", error_code=HTTPStatus(error.status)) from None
