@@ -22,15 +22,6 @@ TILE = 92
 BOOKKEEPING = ("manifest.jsonl", ".tessera-batch.lock")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One PyTorch thread in the test process: on a shared 2-core machine, two intra-op threads
-    of a tiny model spend most of their time waiting for each other (measured: 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_bundle(path: Path, seed: int = 0) -> Path:
     """A tiny valid-padded U-Net bundle (1 channel, 2 classes), random but fixed weights, its
@@ -92,3 +83,16 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 def leftovers(root: Path) -> list[str]:
     """Temporary files or unfinished outputs left under ``root``."""
     return [str(p) for p in root.rglob("*") if p.name.endswith((".tmp", ".partial")) or ".tessera-done" in p.parts]
+
+
+@pytest.fixture(scope="module")
+def local2(bundle: Path):
+    """``--scheduler local:2``: one LocalCluster of 2 worker processes for a test module, on the
+    module's own ``bundle`` fixture; yields ``(spec, predictor, runner)``."""
+    from service.batch import prepare
+    from service.batch.scheduler import open_runner
+
+    spec, predictor = prepare(bundle, TILE, None, False, "cpu")
+    runner = open_runner("local:2", spec, predictor)
+    yield spec, predictor, runner
+    runner.close()

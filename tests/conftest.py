@@ -30,6 +30,18 @@ def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
     return model
 
 
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One PyTorch intra-op thread for a test module (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): on a shared 2-core machine two threads of a tiny
+    model spend most of their time waiting for each other (measured: up to 10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_bundle(tmp_path: Path) -> Path:
     """A saved tiny valid-padded U-Net bundle (1 channel, 2 classes)."""

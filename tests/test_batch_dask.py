@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 import service.batch.scheduler as scheduler
-from service.batch import prepare, segment_folder, segment_gigapixel
+from service.batch import segment_folder, segment_gigapixel
 from service.batch.folder import FolderOptions, run_folder
 from service.batch.gigapixel import run_gigapixel
-from service.batch.scheduler import PredictorSpec, open_runner, parse_scheduler
-from tests.batch_support import TILE, leftovers, make_bundle, make_folder, make_slide, one_thread, tree_bytes  # noqa: F401
+from service.batch.scheduler import PredictorSpec, parse_scheduler
+from tests.batch_support import TILE, local2, leftovers, make_bundle, make_folder, make_slide, tree_bytes  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 #: Gigapixel chunk edge (2 tile steps): 12 chunks for the slide below.
 CHUNK = 104
@@ -21,15 +23,6 @@ CHUNK = 104
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def local2(bundle: Path):
-    """``--scheduler local:2``: one LocalCluster of 2 worker processes, shared by both jobs."""
-    spec, predictor = prepare(bundle, TILE, None, False, "cpu")
-    runner = open_runner("local:2", spec, predictor)
-    yield spec, predictor, runner
-    runner.close()
 
 
 def test_folder_job_on_local_2_equals_in_process(bundle: Path, local2, tmp_path: Path) -> None:

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from service.batch import prepare, segment_folder, segment_gigapixel
+from service.batch import segment_folder, segment_gigapixel
 from service.batch.folder import FolderOptions, run_folder
 from service.batch.gigapixel import DONE_FOLDER, run_gigapixel
-from service.batch.scheduler import open_runner
 from service.cli import main
-from tests.batch_support import TILE, leftovers, make_bundle, make_folder, make_slide, one_thread, tree_bytes  # noqa: F401
+from tests.batch_support import TILE, local2, leftovers, make_bundle, make_folder, make_slide, tree_bytes  # noqa: F401 (fixture)
 from training.writers import encode_png
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 #: Longest wait for a subprocess or a job to reach the point where the test kills it, seconds.
@@ -94,14 +95,6 @@ def test_sigkill_mid_gigapixel_run_then_rerun_is_byte_identical(bundle: Path, tm
     assert report.resumed >= 3 and report.resumed + report.computed == CHUNKS
     assert tree_bytes(dst) == tree_bytes(tmp_path / "reference")
     assert leftovers(dst) == []
-
-
-@pytest.fixture(scope="module")
-def local2(bundle: Path):
-    spec, predictor = prepare(bundle, TILE, None, False, "cpu")
-    runner = open_runner("local:2", spec, predictor)
-    yield spec, predictor, runner
-    runner.close()
 
 
 def run_in_thread(function) -> tuple[threading.Thread, dict]:

@@ -13,9 +13,11 @@ import zarr
 
 from service.batch import segment_gigapixel
 from service.batch.gigapixel import DONE_FOLDER, chunk_shape, output_stem
-from tests.batch_support import TILE, leftovers, make_bundle, make_slide, one_thread, tree_bytes  # noqa: F401 (autouse fixture)
+from tests.batch_support import TILE, leftovers, make_bundle, make_slide, tree_bytes
 from training.predictor import Predictor
 from training.writers import encode_probabilities
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 #: Chunk edge asked for: 2 tile steps of 52 px.
 CHUNK = 104

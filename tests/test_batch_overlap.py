@@ -17,12 +17,14 @@ import torch
 from service.batch import prepare
 from service.batch.gigapixel import GigapixelJob, padded_input, plan_chunks, segment_block, segmentation
 from service.batch.scheduler import adopt_predictor, release_predictor
-from tests.batch_support import TILE, make_bundle, one_thread, smooth_image  # noqa: F401 (autouse fixture)
+from tests.batch_support import TILE, make_bundle, smooth_image
 from training.bundle import new_bundle_info, save_bundle
 from training.mirror import mirror_pad
 from training.models import build_model
 from training.normalization import Normalization
 from training.writers import encode_probabilities
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 #: A small same-padded smp U-Net on RGB input (stride 8, measured halo 64 px at one channel).
 RGB_SMP = {"arch": "smp", "name": "Unet", "encoder": "resnet18", "in_channels": 3, "num_classes": 2,

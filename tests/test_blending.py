@@ -21,12 +21,7 @@ VALID = TileGeometry(padding="valid", depth=2)
 SAME = TileGeometry(padding="same", depth=3, halo=12, kind="stride")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ from training.writers import TIFF_TILE, encode_probabilities, open_sink
 RGB_UNET = {**TINY_UNET, "in_channels": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ RGB_UNET = {**TINY_UNET, "in_channels": 3, "num_classes": 3, "depth": 3}
 ONE_CLASS = {**TINY_UNET, "num_classes": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny models on a shared 2-core machine run several times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_bundle(spec: dict, seed: int = 0) -> Bundle:
