@@ -80,13 +80,7 @@ def serve(bundle: Path, home: Path, extra_env: dict[str, str] | None = None, wor
         wait_ready(url, process, home / "server.log")
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_process_group(process)
         log.close()
 
 
@@ -118,3 +112,16 @@ def service_url(service_bundle: Path, tmp_path_factory: pytest.TempPathFactory) 
     home = tmp_path_factory.mktemp("bentoml-home")
     with serve(service_bundle, home, {"TESSERA_MAX_UPLOAD_BYTES": str(TEST_MAX_UPLOAD_BYTES)}) as url:
         yield url
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM a server started with ``start_new_session=True`` and its workers; SIGKILL them
+    if they are still running after ``grace`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

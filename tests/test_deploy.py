@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 import bentoml
 import pytest
 import yaml
+
+from tests.service_support import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -188,12 +189,7 @@ def test_bentoml_build_makes_a_bento_that_serves(tmp_path):
     try:
         status = wait_ready(f"http://127.0.0.1:{port}/readyz", server, seconds=180)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        stop_process_group(server)
     assert status == 200, log.read_text(errors="replace")[-3000:]
 
 
