@@ -130,6 +130,7 @@ def test_killing_a_dask_worker_mid_gigapixel_job_changes_nothing(bundle: Path, l
     assert "error" not in outcome, outcome.get("error")
     assert outcome["report"].computed == CHUNKS
     assert tree_bytes(dst) == tree_bytes(tmp_path / "reference")
+    assert leftovers(dst) == []
 
 
 def test_killing_a_dask_worker_mid_folder_job_changes_nothing(bundle: Path, local2, tmp_path: Path) -> None:

@@ -124,6 +124,22 @@ def test_a_missing_marker_means_not_done_even_if_the_chunk_exists(bundle: Path, 
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "slide.zarr" / "0"), mode="r")[0:CHUNK, 0:CHUNK], good)
 
 
+def test_a_killed_writers_zarr_temporary_is_swept_before_finishing(bundle: Path, slide, reference, tmp_path: Path) -> None:
+    """A Dask worker SIGKILLed inside zarr's write leaves ``CHUNK.<32 hex>.partial`` beside the chunk
+    its retry rewrites, in the same run; the finished output must not carry it (it did once, in CI)."""
+    _, expected = reference
+    stale = tmp_path / ".slide.zarr.partial" / "0" / "c" / "1" / f"0.{'ab' * 16}.partial"
+
+    def plant(done: int, total: int) -> None:
+        if done == 3:
+            stale.parent.mkdir(parents=True, exist_ok=True)
+            stale.write_bytes(b"half a chunk")
+
+    segment_gigapixel(bundle, slide[0], tmp_path, tile=TILE, chunk=CHUNK, probabilities=True, tiff=True, progress=plant)
+    assert tree_bytes(tmp_path) == expected
+    assert leftovers(tmp_path) == []
+
+
 def test_changed_settings_start_over(bundle: Path, slide, tmp_path: Path) -> None:
     def stop(done: int, total: int) -> None:
         if done == 2:

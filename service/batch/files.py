@@ -6,7 +6,9 @@
 * Every output is written to a hidden temporary name next to it (the project's
   :func:`training.writers.temporary_path`: ``.NAME.XXXXXXXX.tmp``) and renamed into place, so a
   killed job never leaves a partial file under an output name. A killed job can leave such
-  temporaries behind; the next job on the same DST removes them (:func:`sweep_temporaries`).
+  temporaries behind; the next job on the same DST removes them (:func:`sweep_temporaries`), and
+  so does a gigapixel job before it finishes its output (a Dask worker killed mid-write leaves
+  zarr's own temporary, ``CHUNK.<32 hex>.partial``, beside the chunk its retry rewrites).
 * One job at a time per DST: :func:`job_lock` holds an advisory ``flock`` that the kernel
   releases when the process dies, however it dies.
 """
@@ -25,6 +27,8 @@ from training.writers import move_into_place, remove, temporary_path
 
 #: Names of the temporaries :func:`training.writers.temporary_path` makes (mkstemp's 8 letters).
 TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+#: Names of the temporaries zarr 3's LocalStore writes a key through (``uuid4().hex``, then renamed).
+ZARR_TEMPORARY_NAME = re.compile(r"^.+\.[0-9a-f]{32}\.partial$")
 #: The lock file a job holds in DST.
 LOCK_NAME = ".tessera-batch.lock"
 
@@ -78,7 +82,7 @@ def sweep_temporaries(root: Path) -> list[Path]:
         return removed
     for folder, directories, files in os.walk(root):
         for name in [*files, *directories]:
-            if TEMPORARY_NAME.match(name):
+            if TEMPORARY_NAME.match(name) or (name in files and ZARR_TEMPORARY_NAME.match(name)):
                 path = Path(folder) / name
                 remove(path)
                 removed.append(path)

@@ -559,11 +559,13 @@ def write_metadata(group, name: str, levels: int, axes: list[dict]) -> None:
 
 def finish(partial: Path, output: Path, job: GigapixelJob, spec: PredictorSpec, predictor, key: str,
            tiff_path: Path | None, client) -> int:
-    """Pyramid, metadata, optional BigTIFF; then markers removed and the output renamed in place."""
+    """Zarr temporaries of killed writers removed; pyramid, metadata, optional BigTIFF; then
+    markers removed and the output renamed in place."""
     import zarr
     from ome_zarr.format import FormatV05
     from ome_zarr.writer import add_metadata
 
+    sweep_temporaries(partial)
     group = zarr.open_group(str(partial), mode="r+")
     levels = build_pyramid(group, job.chunk, client)
     write_metadata(group, output_stem(output), levels, SPACE_AXES)
