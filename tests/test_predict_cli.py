@@ -26,7 +26,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory):
+    """A tiny U-Net whose default tile (428 px: 388 output) needs 2 x 2 tiles on a 512² slice."""
     bundle = make_bundle(TINY_UNET)
+    bundle.info.tile = {"input": 428}
     return save_bundle(tmp_path_factory.mktemp("model") / "tiny.safetensors", bundle.model, bundle.info)
 
 
