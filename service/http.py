@@ -46,6 +46,7 @@ from service.jobs import JobFormat, segment_file
 from service.responses import class_statistics, coco_objects, geojson_objects
 from service.uploads import STATUS_FOR_REASON, BodyLimit, Limits, UploadError, decode_upload, open_upload, read_upload
 from training.bundle import DEFAULT_BUNDLE, BundleInfo, load_bundle
+from training.decision import decide
 from training.device import set_cpu_threads
 from training.images import ImageError, match_channels
 from training.overlay import overlay
@@ -215,7 +216,7 @@ class Tessera:
             return error_response(error.status, error.error, error.detail)
         labels = prediction.labels
         if threshold is not None:
-            labels = (prediction.probabilities[1] >= threshold).astype(labels.dtype)
+            labels = decide(prediction.probabilities, threshold)
         return self.render(output, pixels, labels, prediction.probabilities, probability_format, class_index, geometry, pixel_size)
 
     @app.get("/model", summary="The served model's metadata")

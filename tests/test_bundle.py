@@ -95,3 +95,22 @@ def test_save_is_atomic_and_leaves_no_temporary(tmp_path, tiny_bundle):
     assert [p.name for p in tiny_bundle.parent.iterdir()] == [tiny_bundle.name]
     with pytest.raises(ValueError, match="end in .safetensors"):
         save_bundle(tmp_path / "model.pt", build_model(TINY_UNET), read_bundle_info(tiny_bundle))
+
+
+def test_decision_threshold_round_trips_and_bad_ones_are_refused(tmp_path):
+    model = build_model(TINY_UNET).eval()
+    info = new_bundle_info(TINY_UNET, model, ["a", "b"], Normalization())
+    assert info.threshold is None and info.to_dict()["threshold"] is None
+    info.threshold = 0.35
+    assert read_bundle_info(save_bundle(tmp_path / "t.safetensors", model, info)).threshold == 0.35
+    info.threshold = 1.5
+    save_bundle(tmp_path / "bad.safetensors", model, info)
+    with pytest.raises(BundleError, match="bad.safetensors: bundle metadata is invalid .*1.5 is not a probability"):
+        load_bundle(tmp_path / "bad.safetensors")
+    three = {**TINY_UNET, "num_classes": 3}
+    model3 = build_model(three).eval()
+    info3 = new_bundle_info(three, model3, ["a", "b", "c"], Normalization())
+    info3.threshold = 0.5
+    save_bundle(tmp_path / "three.safetensors", model3, info3)
+    with pytest.raises(BundleError, match="three.safetensors: .*two-class model; this one has 3 classes"):
+        read_bundle_info(tmp_path / "three.safetensors")

@@ -145,6 +145,26 @@ def test_one_class_model_uses_sigmoid_and_threshold():
     assert_exact(tiled, whole)
 
 
+def test_a_bundles_decision_threshold_decides_labels_on_every_path(gray):
+    image = random_image((130, 100), seed=5)
+    plain = Predictor(gray, device="cpu", tile=60).predict(image, probabilities=True)
+    threshold = round(float(np.quantile(plain.probabilities[1], 0.3)), 6)
+    expected = (plain.probabilities[1] >= threshold).astype(np.uint8)
+    assert not np.array_equal(expected, plain.labels)
+    gray.info.threshold = threshold
+    try:
+        thresholded = Predictor(gray, device="cpu", tile=60)
+        assert np.array_equal(thresholded.predict(image).labels, expected)
+        assert np.array_equal(thresholded.predict_whole(image).labels, expected)
+        assert np.array_equal(thresholded.predict_region(image, 10, 90, 20, 70).labels, expected[10:90, 20:70])
+        # the caller can still ask for the argmax, or another threshold
+        assert np.array_equal(Predictor(gray, device="cpu", tile=60, threshold=None).predict(image).labels, plain.labels)
+        other = Predictor(gray, device="cpu", tile=60, threshold=0.9).predict(image).labels
+        assert np.array_equal(other, (plain.probabilities[1] >= 0.9).astype(np.uint8))
+    finally:
+        gray.info.threshold = None
+
+
 def test_loads_a_bundle_path_and_channels_are_matched(tiny_bundle, rgb):
     predictor = Predictor(tiny_bundle, device="cpu")
     assert predictor.info.classes == ["background", "foreground"]

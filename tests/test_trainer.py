@@ -132,3 +132,45 @@ def test_frozen_encoder_does_not_change(data: Path, tmp_path: Path) -> None:
     decoder = [k for k in before if k.startswith(("up.", "head.")) and before[k].is_floating_point()]
     assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
+
+
+def test_calibrated_threshold_is_chosen_on_training_images_and_recorded(data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny(data, tmp_path / "cal", "run.threshold=calibrate", "run.monitor=pixel_error",
+                           "run.epochs=2", "run.overlays=0"), log=quiet)
+    result = trainer.fit()
+    thresholds = [row["val_threshold"] for row in result.history]
+    assert all(0 < t < 1 for t in thresholds)
+    info = read_bundle_info(result.best)
+    assert info.threshold == result.best_metrics["val_threshold"]
+    assert read_bundle_info(result.last).threshold == thresholds[-1]
+    # The threshold is the best one on the training images (0 and 1), not on the validation image.
+    from training.decision import CALIBRATION_THRESHOLDS
+
+    last = Predictor(result.last, device="cpu", threshold=None)
+    train = [(np.asarray(Image.open(data / "image" / f"{n}.png")),
+              (np.asarray(Image.open(data / "label" / f"{n}.png")) == 255)) for n in ("0", "1")]
+    probs = [last.predict(image, probabilities=True).probabilities[1] for image, _ in train]
+    errors = {t: sum(np.sum((p >= t) != truth) for p, (_, truth) in zip(probs, train)) for t in CALIBRATION_THRESHOLDS}
+    assert errors[thresholds[-1]] == min(errors.values())
+    # Validation scored with that threshold: re-scoring the bundle gives the logged figure.
+    image = np.asarray(Image.open(data / "image" / "25.png"))
+    truth = (np.asarray(Image.open(data / "label" / "25.png")) == 255).astype(np.int64)
+    labels = Predictor(result.last, device="cpu").predict(image).labels
+    assert np.mean(labels != truth) == pytest.approx(result.history[-1]["val_pixel_error"])
+
+
+def test_calibrating_a_three_class_task_is_refused(data: Path, tmp_path: Path) -> None:
+    three = tmp_path / "three"
+    for kind in ("image", "label"):
+        (three / kind).mkdir(parents=True)
+        for name in SLICES:
+            pixels = np.asarray(Image.open(data / kind / f"{name}.png"))
+            if kind == "label":  # class indices 0, 1 and a patch of 2
+                pixels = (pixels == 255).astype(np.uint8)
+                pixels[:8, :8] = 2
+            Image.fromarray(pixels).save(three / kind / f"{name}.png")
+    config = load_config(None, [f"data.images={three / 'image'}", f"data.masks={three / 'label'}", "data.val=[25]",
+                                "model.depth=2", "model.width=4", "patch.size=92", "run.threshold=calibrate",
+                                f"run.output={tmp_path / 'out'}"])
+    with pytest.raises(ValueError, match="calibrate needs a two-class task; the masks have 3 classes"):
+        Trainer(config, log=quiet)

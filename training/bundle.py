@@ -9,6 +9,7 @@ under the key ``"tessera"``::
      "normalization": {"mode": "image", ...},     # training.normalization.Normalization
      "geometry": {"padding": "valid", "depth": 4, "halo": 92, "kind": "unet"},
      "tile": {"input": 700},                      # default tile input size for inference
+     "threshold": 0.3 | null,                     # decision threshold (training.decision)
      "provenance": {...}, "metrics": {...}}
 
 Loading never unpickles anything (safetensors has no code path that can), and a corrupt,
@@ -30,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from training.decision import check_threshold
 from training.geometry import TileGeometry
 from training.models import build_model, measure_halo
 from training.normalization import Normalization
@@ -60,6 +62,9 @@ class BundleInfo:
     task: str = "segmentation"
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: Two-class models: class 1 where its probability >= threshold (None: argmax); see
+    #: :mod:`training.decision`. Training calibrates it when ``run.threshold`` is ``calibrate``.
+    threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +77,7 @@ class BundleInfo:
             "normalization": self.normalization.to_dict(),
             "geometry": self.geometry.to_dict() if self.geometry else None,
             "tile": self.tile,
+            "threshold": self.threshold,
             "provenance": self.provenance,
             "metrics": self.metrics,
         }
@@ -79,9 +85,10 @@ class BundleInfo:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BundleInfo":
         geometry = data.get("geometry")
+        classes = list(data["classes"])
         return cls(
             spec=data["spec"],
-            classes=list(data["classes"]),
+            classes=classes,
             in_channels=int(data["in_channels"]),
             normalization=Normalization.from_dict(data["normalization"]),
             geometry=TileGeometry.from_dict(geometry) if geometry else None,
@@ -89,6 +96,7 @@ class BundleInfo:
             task=data.get("task", "segmentation"),
             provenance=dict(data.get("provenance") or {}),
             metrics=dict(data.get("metrics") or {}),
+            threshold=check_threshold(data.get("threshold"), len(classes)),
         )
 
 

@@ -121,7 +121,11 @@ class RunConfig:
 
     Training stops after ``epochs`` epochs or ``max_minutes`` of wall time, whichever first (at
     least one must be set); ``patience`` epochs without a better validation score stop early (0:
-    off). ``threads`` sets torch's intra-op threads (0: torch's default).
+    off). ``threads`` sets torch's intra-op threads (0: torch's default). ``threshold``: two-class
+    tasks, how labels come from probabilities: ``argmax``, or ``calibrate`` -- at every validation
+    the decision threshold that scores best on ``monitor`` (pixel error for ``loss``) over up to
+    five *training* images, whole and un-augmented, is chosen, used for that validation and
+    recorded in the bundles (:mod:`training.decision`).
     """
 
     epochs: int | None = 50
@@ -136,6 +140,7 @@ class RunConfig:
     output: str = "runs/train"
     progress: bool = True
     overlays: int = 2
+    threshold: Literal["argmax", "calibrate"] = "argmax"
 
 
 @dataclass

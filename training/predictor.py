@@ -18,7 +18,8 @@ How it works (see :mod:`training.tiling` for the grid):
 * optionally (``blend="gaussian"``) tiles overlap and are averaged with Gaussian weights in a
   rolling band of rows, for models where exactness cannot hold (see :mod:`training.blending`);
 * probabilities are the softmax over classes (sigmoid for a one-class model), averaged over the
-  test-time augmentations if any; labels are their argmax (``p > 0.5`` for one class).
+  test-time augmentations if any; labels are their argmax (``p > 0.5`` for one class), or for a
+  bundle with a calibrated decision threshold ``p1 >= threshold`` (:mod:`training.decision`).
 
 :meth:`Predictor.predict_whole` is the reference: ONE forward pass over the whole mirror-padded
 image. For a valid-padded U-Net the tiled result equals it (tests: max |diff| <= 1e-5, identical
@@ -40,6 +41,7 @@ import torch
 
 from training.blending import DEFAULT_OVERLAP, DEFAULT_SIGMA_SCALE, BandBlender, check_blend
 from training.bundle import DEFAULT_BUNDLE, Bundle, BundleInfo, load_bundle
+from training.decision import check_threshold, decide
 from training.device import BatchRunner, autocast, prepare_model, resolve_device
 from training.geometry import TileGeometry
 from training.images import ImageError, channel_count
@@ -98,6 +100,8 @@ class Predictor:
             with Gaussian weights, for instance/group-norm models; see :mod:`training.blending`).
         overlap: with ``blend="gaussian"``, the share of a tile's span its neighbour repeats.
         sigma_scale: with ``blend="gaussian"``, the Gaussian's sigma as a share of the span.
+        threshold: two-class models: ``"bundle"`` (the bundle's calibrated threshold, argmax if it
+            has none), ``None`` (argmax) or a probability in [0, 1]: class 1 where ``p1 >=`` it.
     """
 
     def __init__(
@@ -110,6 +114,7 @@ class Predictor:
         blend: str = "none",
         overlap: float = DEFAULT_OVERLAP,
         sigma_scale: float = DEFAULT_SIGMA_SCALE,
+        threshold: float | str | None = "bundle",
     ) -> None:
         self.blend = check_blend(blend, overlap, sigma_scale)
         self.overlap = float(overlap)
@@ -132,6 +137,9 @@ class Predictor:
         self.batch_size = batch_size or DEFAULT_BATCH.get(self.device.type, 2)
         self._runner = BatchRunner(self._forward, self.batch_size)
         self.tile = self._resolve_tile(tile)
+        if threshold == "bundle":
+            threshold = bundle.info.threshold
+        self.threshold = check_threshold(threshold, self.num_classes)
 
     # ------------------------------------------------------------------ description
     @property
@@ -288,10 +296,8 @@ class Predictor:
         return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
     def _labels(self, probs: np.ndarray) -> np.ndarray:
-        """Class indices from ``(K, h, w)`` probabilities."""
-        if probs.shape[0] == 1:
-            return (probs[0] > 0.5).astype(label_dtype(1))
-        return probs.argmax(0).astype(label_dtype(probs.shape[0]))
+        """Class indices from ``(K, h, w)`` probabilities (:func:`training.decision.decide`)."""
+        return decide(probs, self.threshold)
 
     def _windows(self, source: ArrayLike2D, tiles: list[Tile], stats: Stats) -> np.ndarray:
         """Normalised input windows ``(N, C, tile_h, tile_w)`` float32 of ``tiles``."""

@@ -66,6 +66,8 @@ from training.seeding import epoch_seed, seed_everything, worker_init_fn
 #: File names inside the output folder.
 BEST, LAST = "best.safetensors", "last.safetensors"
 CSV_NAME, JSON_NAME, CURVES_NAME, OVERLAYS_DIR = "metrics.csv", "metrics.json", "curves.png", "overlays"
+#: Training images (evenly spaced) ``run.threshold: calibrate`` chooses the decision threshold on.
+CALIBRATION_IMAGES = 5
 #: Packages whose versions go into every bundle's provenance.
 VERSIONED = ("torch", "segmentation-models-pytorch", "albumentations", "numpy", "tessera")
 
@@ -217,6 +219,8 @@ class Trainer:
         self.in_channels = self.config.model.in_channels or (1 if image.ndim == 2 else image.shape[2])
         self.normalization = self._normalization()
         self.interior_class = interior_class(self.class_names, d.rand_class)
+        if self.config.run.threshold == "calibrate" and self.labels.num_classes != 2:
+            raise ValueError(f"run.threshold: calibrate needs a two-class task; the masks have {self.labels.num_classes} classes")
 
     def _normalization(self) -> Normalization:
         if self.config.data.normalization == "image":
@@ -356,17 +360,41 @@ class Trainer:
         return Predictor(Bundle(model=self.model, info=self.info), device=self.device)
 
     def validate(self) -> dict[str, float]:
-        """Score every validation image, whole, through the predictor (pooled over images)."""
+        """Score every validation image, whole, through the predictor (pooled over images); with
+        ``run.threshold: calibrate`` first choose the decision threshold (:meth:`calibrate`)."""
         if not self.val_examples:
             return {}
-        predictor = self.predictor()
+        calibrated: dict[str, float] = {}
         try:
+            if self.config.run.threshold == "calibrate":
+                self.info.threshold = self.calibrate()
+                calibrated["threshold"] = self.info.threshold
+            predictor = self.predictor()
             predictions = [predictor.predict(e.image).labels for e in self.val_examples]
         finally:
             self.model.train()
             if self._encoder_frozen(max(self.epoch - 1, 0)):
                 set_encoder_frozen(self.model, True)
-        return score(predictions, [e.target for e in self.val_examples], self.class_names, self.interior_class)
+        targets = [e.target for e in self.val_examples]
+        return {**score(predictions, targets, self.class_names, self.interior_class), **calibrated}
+
+    def calibrate(self) -> float:
+        """The decision threshold that scores best on ``run.monitor`` (pixel error when it is the
+        loss) over up to :data:`CALIBRATION_IMAGES` training images, predicted whole."""
+        from training.decision import calibrate_threshold
+
+        step = max(1, math.ceil(len(self.train_examples) / CALIBRATION_IMAGES))
+        examples = self.train_examples[::step]
+        predictor = self.predictor()
+        probabilities = [predictor.predict(e.image, probabilities=True).probabilities for e in examples]
+        targets = [e.target for e in examples]
+        key = self.config.run.monitor if self.config.run.monitor != "loss" else "pixel_error"
+        sign = 1.0 if key in LOWER_IS_BETTER else -1.0
+
+        def loss(labels: list[np.ndarray]) -> float:
+            return sign * score(labels, targets, self.class_names, self.interior_class)[key]
+
+        return calibrate_threshold(probabilities, loss)[0]
 
     # ------------------------------------------------------------------ bundles and state
     def _provenance(self) -> dict[str, Any]:
