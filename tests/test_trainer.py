@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from training.batchnorm import recompute_batchnorm
 from training.bundle import load_bundle, read_bundle_info
 from training.config import load_config
 from training.predictor import Predictor
@@ -136,8 +137,17 @@ def test_frozen_encoder_does_not_change(data: Path, tmp_path: Path) -> None:
 
 def test_calibrated_threshold_is_chosen_on_training_images_and_recorded(data: Path, tmp_path: Path) -> None:
     trainer = Trainer(tiny(data, tmp_path / "cal", "run.threshold=calibrate", "run.monitor=pixel_error",
-                           "run.epochs=2", "run.overlays=0"), log=quiet)
+                           "run.epochs=2", "run.overlays=0", "run.precise_bn=4"), log=quiet)
     result = trainer.fit()
+    # Precise BatchNorm: the saved statistics are the exact ones of the saved weights over the
+    # run's clean patches (recomputing them changes nothing), not the training-time averages.
+    saved = load_bundle(result.last).model.train()
+    before = {k: v.clone() for k, v in saved.state_dict().items() if "running" in k}
+    trainer._clean_patches.reseed(0)
+    patches = [trainer._clean_patches[i][0] for i in range(4)]
+    recompute_batchnorm(saved, [torch.stack(patches[:2]), torch.stack(patches[2:])], torch.device("cpu"))
+    after = {k: v for k, v in saved.state_dict().items() if "running" in k}
+    assert all(torch.allclose(before[k], after[k], rtol=1e-5, atol=1e-6) for k in before)
     thresholds = [row["val_threshold"] for row in result.history]
     assert all(0 < t < 1 for t in thresholds)
     info = read_bundle_info(result.best)

@@ -125,7 +125,9 @@ class RunConfig:
     tasks, how labels come from probabilities: ``argmax``, or ``calibrate`` -- at every validation
     the decision threshold that scores best on ``monitor`` (pixel error for ``loss``) over up to
     five *training* images, whole and un-augmented, is chosen, used for that validation and
-    recorded in the bundles (:mod:`training.decision`).
+    recorded in the bundles (:mod:`training.decision`). ``precise_bn``: before every validation,
+    re-estimate BatchNorm statistics as the exact mean over this many un-augmented training
+    patches (0: keep the training-time moving averages; :mod:`training.batchnorm`).
     """
 
     epochs: int | None = 50
@@ -141,6 +143,7 @@ class RunConfig:
     progress: bool = True
     overlays: int = 2
     threshold: Literal["argmax", "calibrate"] = "argmax"
+    precise_bn: int = 0
 
 
 @dataclass
@@ -180,6 +183,7 @@ class TrainConfig:
             ((self.data.val_images is None) == (self.data.val_masks is None),
              "data.val_images / data.val_masks", "give both or neither"),
             (self.model.depth >= 1 and self.model.width >= 1, "model.depth / model.width", "must be >= 1"),
+            (self.run.precise_bn >= 0, "run.precise_bn", "must be >= 0"),
             (self.run.monitor in MONITORS, "run.monitor", f"must be one of {', '.join(MONITORS)}"),
         ]
         for ok, key, problem in checks:

@@ -14,7 +14,10 @@ One :class:`Trainer` runs a :class:`~training.config.TrainConfig`:
   of the budget; loss from :mod:`training.losses`; on CUDA autocast and channels_last
   (:mod:`training.device`);
 * **validation** -- whole hold-out images through :class:`training.predictor.Predictor`, the very
-  code ``tessera predict`` runs, scored by :mod:`training.metrics`;
+  code ``tessera predict`` runs, scored by :mod:`training.metrics`; before it, optionally, precise
+  BatchNorm statistics from clean training patches (``run.precise_bn``, :mod:`training.batchnorm`)
+  and a decision threshold calibrated on training images (``run.threshold``,
+  :mod:`training.decision`);
 * **outputs** in ``run.output``: ``best.safetensors`` and ``last.safetensors`` bundles (provenance:
   command, config, data, seed, times, versions; validation metrics), ``metrics.csv`` and
   ``metrics.json`` (one row per epoch), ``curves.png`` and ``overlays/*.png`` at the end, and the
@@ -50,6 +53,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from training.batchnorm import recompute_batchnorm
 from training.bundle import Bundle, BundleInfo, new_bundle_info, read_bundle_info, save_bundle
 from training.checkpoint import load_optimizer, load_state, save_state
 from training.config import LOWER_IS_BETTER, TrainConfig
@@ -177,6 +181,7 @@ class Trainer:
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.loss = build_loss(config.loss.name)
         self.patches = self._patches()
+        self._clean_patches: PatchDataset | None = None
         self.optimizer = self._optimizer()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._needs_scaler())
         self.info = new_bundle_info(
@@ -366,6 +371,8 @@ class Trainer:
             return {}
         calibrated: dict[str, float] = {}
         try:
+            if self.config.run.precise_bn:
+                self.recompute_batchnorm()
             if self.config.run.threshold == "calibrate":
                 self.info.threshold = self.calibrate()
                 calibrated["threshold"] = self.info.threshold
@@ -377,6 +384,22 @@ class Trainer:
                 set_encoder_frozen(self.model, True)
         targets = [e.target for e in self.val_examples]
         return {**score(predictions, targets, self.class_names, self.interior_class), **calibrated}
+
+    def recompute_batchnorm(self) -> None:
+        """Precise BatchNorm statistics (:mod:`training.batchnorm`) from ``run.precise_bn``
+        un-augmented training patches, the same ones at every validation."""
+        if self._clean_patches is None:
+            c = self.config
+            self._clean_patches = PatchDataset(
+                self.train_examples, self.model.geometry, c.patch.size, self.labels.num_classes,
+                normalization=self.normalization, augmentation=None, weights=UNIFORM_WEIGHTS,
+                samples_per_epoch=c.run.precise_bn, seed=c.run.seed,
+            )
+        self._clean_patches.reseed(self.config.run.seed)
+        batch = self.config.patch.batch_size
+        patches = [self._clean_patches[i][0] for i in range(len(self._clean_patches))]
+        batches = (torch.stack(patches[i : i + batch]) for i in range(0, len(patches), batch))
+        recompute_batchnorm(self.model, batches, self.device)
 
     def calibrate(self) -> float:
         """The decision threshold that scores best on ``run.monitor`` (pixel error when it is the
