@@ -61,6 +61,16 @@ def test_png_in_png_out_equals_in_process_prediction(tmp_path, bundle_path, pred
     assert leftovers(tmp_path) == []
 
 
+def test_threshold_decides_two_class_labels(tmp_path, bundle_path, predictor):
+    image = read_image(ISBI / "image" / "25.png")
+    p1 = predictor.predict(image, probabilities=True).probabilities[1]
+    for option, expected in (("0.3", p1 >= 0.3), ("0.7", p1 >= 0.7), ("argmax", predictor.predict(image).labels)):
+        out = tmp_path / f"mask-{option}.png"
+        assert main(["predict", str(bundle_path), str(ISBI / "image" / "25.png"), "-o", str(out), "--threshold", option]) == 0
+        assert np.array_equal(read_image(out), expected.astype(np.uint8))
+    assert not np.array_equal(p1 >= 0.3, p1 >= 0.7)
+
+
 def test_lazy_tiff_to_zarr_labels_and_uint8_probabilities(tmp_path, bundle_path, predictor, big):
     path, image = big
     assert main(["predict", str(bundle_path), str(path), "-o", str(tmp_path / "l.zarr"), "--probabilities", str(tmp_path / "p.zarr"), "--quiet"]) == 0
@@ -143,6 +153,8 @@ def test_readers_present_planar_rgb_channels_last_and_fit_gray_to_rgb(tmp_path):
         (lambda d: tifffile.imwrite(d / "ok3.tif", random_image((30, 40))) or d / "ok3.tif", ["--overlap", "0.5"], "--blend gaussian only"),
         (lambda d: tifffile.imwrite(d / "ok4.tif", random_image((30, 40))) or d / "ok4.tif",
          ["--blend", "gaussian", "--overlap", "1"], "overlap must be a fraction"),
+        (lambda d: tifffile.imwrite(d / "ok5.tif", random_image((30, 40))) or d / "ok5.tif", ["--threshold", "high"], "--threshold"),
+        (lambda d: tifffile.imwrite(d / "ok6.tif", random_image((30, 40))) or d / "ok6.tif", ["--threshold", "1.5"], "not a probability"),
     ],
 )
 def test_bad_input_is_one_clear_line_exit_2_and_nothing_written(tmp_path, bundle_path, capsys, make, args, message):

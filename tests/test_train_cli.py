@@ -58,6 +58,12 @@ def test_train_then_evaluate(data: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert report["metrics"]["pixel_error"] == pytest.approx(summary["best_metrics"]["val_pixel_error"])
     assert report["metrics"]["rand_error"] == pytest.approx(summary["best_metrics"]["val_rand_error"])
     assert (tmp_path / "ov" / "26.png").is_file()
+    # --threshold: every pixel is class 1 at threshold 0 (ISBI: cell; membrane pixels are wrong)
+    code = main(["evaluate", str(export), "--images", str(data / "image"), "--masks", str(data / "label"),
+                 "--select", "26", "--device", "cpu", "--threshold", "0"])
+    assert code == 0
+    membrane_share = float(np.mean(np.asarray(Image.open(data / "label" / "26.png")) == 0))
+    assert json.loads(capsys.readouterr().out)["metrics"]["pixel_error"] == pytest.approx(membrane_share)
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,7 @@ def evaluate_bundle(
     device: str = "auto",
     tile: int | str | None = None,
     tta: bool | str = False,
+    threshold: float | str | None = "bundle",
     overlays: str | Path | None = None,
     rand_class: str | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -70,7 +71,7 @@ def evaluate_bundle(
     from training.predictor import Predictor
 
     predictor = Predictor(bundle if isinstance(bundle, Bundle) else load_bundle(bundle) if bundle else None,
-                          device=device, tile=tile, tta=tta)
+                          device=device, tile=tile, tta=tta, threshold=threshold)
     classes = list(predictor.info.classes)
     interior = interior_class(classes, rand_class)
     folder = examples if isinstance(examples, SegmentationFolder) else None

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from service.commands.inference import add_threshold_option, parse_threshold
 from training.data.dataset import ISBI_HOLDOUT, SegmentationFolder, isbi2012
 from training.trainer import select_items
 
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tile", help="tile input size, or 'auto' (default: the bundle's)")
     parser.add_argument("--tta", choices=("none", "flips", "d4"), default="none", help="test-time augmentation")
+    add_threshold_option(parser)
     parser.add_argument("--per-image", action="store_true", help="include each image's metrics")
     parser.set_defaults(handler=run)
 
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         tile=tile,
         tta=args.tta,
+        threshold=parse_threshold(args.threshold),
         overlays=args.overlays,
         rand_class=args.rand_class,
     )

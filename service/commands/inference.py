@@ -66,6 +66,25 @@ def parse_tile(text: str | None) -> int | str | None:
         raise ValueError(f"--tile must be a number of pixels or 'auto', not {text!r}") from None
 
 
+def add_threshold_option(parser: argparse.ArgumentParser) -> None:
+    """--threshold: how two-class labels come from probabilities."""
+    parser.add_argument("--threshold", default=None, metavar="P|argmax",
+                        help="two-class models: class 1 where its probability >= P, or 'argmax' "
+                             "(default: the bundle's calibrated threshold, argmax if it has none)")
+
+
+def parse_threshold(text: str | None) -> float | str | None:
+    """--threshold as the Predictor takes it: "bundle" (not given), None (argmax) or a probability."""
+    if text is None:
+        return "bundle"
+    if text == "argmax":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--threshold must be a probability between 0 and 1 or 'argmax', not {text!r}") from None
+
+
 def progress_bar(label: str, enabled: bool):
     """A rich progress bar on stderr (or nothing) and a ``(done, total, *_)`` callback."""
     if not enabled:

@@ -21,7 +21,9 @@ import numpy as np
 from service.commands.inference import (
     add_bundle_argument,
     add_inference_options,
+    add_threshold_option,
     blend_options,
+    parse_threshold,
     parse_tile,
     prepare,
     progress_bar,
@@ -66,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="uint8 = round(255 p) (default), or float16 / float32")
     parser.add_argument("--overlay", metavar="PNG", help="also write the labels drawn over the image (small images)")
     add_inference_options(parser, DEFAULT_MAX_PIXELS, f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+    add_threshold_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = prepare(args)
     source = open_image(args.input, max_pixels=args.max_pixels)
     predictor = Predictor(bundle, device=args.device, tile=parse_tile(args.tile), batch_size=args.batch_size, tta=args.tta,
-                          **blend_options(args))
+                          threshold=parse_threshold(args.threshold), **blend_options(args))
     source = fit_channels(source, predictor.info.in_channels)
     height, width = source.shape[:2]
     if args.overlay and height * width > PNG_MAX_PIXELS:
