@@ -1,7 +1,7 @@
 """``tessera info``: what a bundle or an architecture is, as JSON.
 
 Prints parameter count, margin (pixels lost per side), halo, stride, the valid tile input sizes
-near a requested size with their output sizes, classes and normalisation.
+near a requested size with their output sizes, classes, normalisation and decision threshold.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             "classes": bundle.info.classes,
             "normalization": bundle.info.normalization.to_dict(),
             "tile": bundle.info.tile,
+            "threshold": bundle.info.threshold,
             "metrics": bundle.info.metrics,
             "provenance": bundle.info.provenance,
         }
