@@ -37,8 +37,14 @@ SMALL_UNET = {"arch": "unet", "in_channels": 1, "num_classes": 2, "depth": 2, "w
 STARTUP_SECONDS = 180
 
 
+#: The small bundle's decision threshold (class 1 where p1 >= it): every service test runs through
+#: a bundle's calibrated threshold, not the argmax (its probabilities sit within 0.49-0.51).
+SMALL_THRESHOLD = 0.4975
+
+
 def write_small_bundle(path: Path, seed: int = 0) -> Path:
-    """A random small U-Net whose head bias is shifted so ISBI slice 25 gets both classes.
+    """A random small U-Net whose head bias is shifted so ISBI slice 25 gets both classes, with
+    the decision threshold :data:`SMALL_THRESHOLD`.
 
     A random network puts every pixel in one class; a mask of one value would make equality tests
     weak, so the bias moves the class-1 logit by minus the median logit difference on the slice.
@@ -52,6 +58,7 @@ def write_small_bundle(path: Path, seed: int = 0) -> Path:
     shift = float(np.median(np.log(p1) - np.log1p(-p1)))
     with torch.no_grad():
         model.head.bias[1] -= shift
+    info.threshold = SMALL_THRESHOLD
     return save_bundle(path, model, info)
 
 

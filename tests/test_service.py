@@ -23,7 +23,7 @@ from PIL import Image
 from scipy import ndimage
 
 from service.cli import main as tessera
-from tests.service_support import ISBI_SLICE, TEST_MAX_UPLOAD_BYTES
+from tests.service_support import ISBI_SLICE, SMALL_THRESHOLD, TEST_MAX_UPLOAD_BYTES
 from training.images import decode_image, read_image
 from training.overlay import overlay
 from training.predictor import Predictor
@@ -190,6 +190,15 @@ def test_json_coco_rle_decodes_to_the_mask(server: httpx.Client, predictor: Pred
         assert not (union & mask).any()
         union |= mask
     np.testing.assert_array_equal(union, labels == 1)
+
+
+def test_the_bundles_threshold_decides_the_default_mask(server: httpx.Client, predictor: Predictor) -> None:
+    probabilities = predictor.predict(SMALL, probabilities=True).probabilities
+    got = labels_of(segment(server, png(SMALL)))
+    np.testing.assert_array_equal(got, (probabilities[1] >= SMALL_THRESHOLD).astype(np.uint8))
+    argmax = probabilities.argmax(0)
+    assert (got != argmax).mean() > 0.1
+    assert server.get("/model").json()["threshold"] == SMALL_THRESHOLD
 
 
 def test_threshold(server: httpx.Client, predictor: Predictor) -> None:

@@ -387,7 +387,8 @@ class Trainer:
 
     def recompute_batchnorm(self) -> None:
         """Precise BatchNorm statistics (:mod:`training.batchnorm`) from ``run.precise_bn``
-        un-augmented training patches, the same ones at every validation."""
+        un-augmented training patches, the same ones at every validation (drawn like training
+        patches with the dataset's default foreground share)."""
         if self._clean_patches is None:
             c = self.config
             self._clean_patches = PatchDataset(
