@@ -64,11 +64,11 @@ def calibrate_threshold(
     the list of label maps one threshold gives, e.g. pixel error or adapted Rand error against the
     masks. Ties go to the threshold nearest 0.5 (the unweighted decision).
     """
-    best: tuple[float, float, float] | None = None
+    best: tuple[float, float] | None = None  # (threshold, loss)
     for threshold in sorted(thresholds, key=lambda t: (abs(t - 0.5), t)):
         value = loss([decide(p, threshold) for p in probabilities])
-        if best is None or value < best[0]:
-            best = (value, threshold, value)
+        if best is None or value < best[1]:
+            best = (threshold, value)
     if best is None:
         raise ValueError("no thresholds to calibrate over")
-    return best[1], best[2]
+    return best
