@@ -106,7 +106,7 @@ def test_config_merging_and_errors(tmp_path):
     assert read_config("none") == {}
     path = tmp_path / "aug.yaml"
     path.write_text("flip: {p: 0.9}\nblur: false\n")
-    assert read_config(path)["flip"] == {"p": 0.9} and "blur" not in read_config(str(path))
+    assert read_config(path)["flip"] == {"p": 0.9, "axes": "both"} and "blur" not in read_config(str(path))
     assert read_config({"gamma": {"p": 0}}).get("gamma") is None
     with pytest.raises(ValueError, match="unknown augmentation 'zoom'"):
         read_config({"zoom": {}})
@@ -114,10 +114,25 @@ def test_config_merging_and_errors(tmp_path):
         read_config({"elastic": {"alpha": 3}})
     with pytest.raises(ValueError, match="grid must be >= 2"):
         build_augmentation({"elastic": {"grid": 1}})
+    with pytest.raises(ValueError, match="axes must be one of both, horizontal, vertical, not 'diagonal'"):
+        build_augmentation({"flip": {"axes": "diagonal"}})
     with pytest.raises(ValueError, match="runs backwards"):
         build_augmentation({"affine": {"rotate": [10, -10]}})
     image = np.zeros((8, 8), np.float32)
     assert build_augmentation("none")(image, image.astype(np.uint8))[0] is image
+
+
+@pytest.mark.parametrize("axes, flipped", [("horizontal", np.s_[:, ::-1]), ("vertical", np.s_[::-1, :])])
+def test_flips_can_keep_to_one_axis(axes, flipped):
+    """``flip.axes`` restricts flips to one axis (for labels drawn off-centre, e.g. ISBI 2012's)."""
+    aug = build_augmentation({"flip": {"p": 1.0, "axes": axes}, "rotate90": False, "affine": False,
+                              "elastic": False, **GEOMETRY_ONLY}, seed=0)
+    image = np.arange(20, dtype=np.float32).reshape(4, 5) / 20
+    mask = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    for _ in range(3):
+        out_image, out_mask, _ = aug(image, mask)
+        np.testing.assert_array_equal(out_image, image[flipped])
+        np.testing.assert_array_equal(out_mask, mask[flipped])
 
 
 def test_warp_reach_by_hand():

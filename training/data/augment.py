@@ -12,7 +12,8 @@ option is an error. ``build_augmentation("none")`` is the identity.
 ==============  ==================================================================================
 name            options (defaults in :data:`DEFAULT_AUGMENTATION`)
 ==============  ==================================================================================
-``flip``        ``p``: horizontal and vertical flips, each with probability p
+``flip``        ``p``, ``axes``: horizontal and vertical flips (``axes`` "both"), or only one
+                of them ("horizontal" / "vertical"), each with probability p
 ``rotate90``    ``p``: a random multiple of 90 degrees
 ``elastic``     ``p``, ``grid``, ``sigma``: the U-Net paper's deformation -- displacements on a
                 coarse ``grid x grid`` (3 x 3) grid spanning the augmented window, drawn from
@@ -64,7 +65,7 @@ from scipy import ndimage
 BORDER = cv2.BORDER_REFLECT_101
 
 DEFAULT_AUGMENTATION: dict[str, dict[str, Any]] = {
-    "flip": {"p": 0.5},
+    "flip": {"p": 0.5, "axes": "both"},
     "rotate90": {"p": 0.5},
     "elastic": {"p": 0.5, "grid": 3, "sigma": 10.0},
     "affine": {"p": 0.3, "scale": [0.9, 1.1], "rotate": [-15.0, 15.0]},
@@ -73,6 +74,12 @@ DEFAULT_AUGMENTATION: dict[str, dict[str, Any]] = {
     "gamma": {"p": 0.3, "range": [0.8, 1.25]},
     "noise": {"p": 0.15, "std": [0.0, 0.05]},
     "blur": {"p": 0.1, "sigma": [0.5, 1.0]},
+}
+#: ``flip.axes`` -> the albumentations flips it draws from.
+FLIP_AXES = {
+    "both": (A.HorizontalFlip, A.VerticalFlip),
+    "horizontal": (A.HorizontalFlip,),
+    "vertical": (A.VerticalFlip,),
 }
 #: Elastic displacements beyond this many sigma are treated as impossible when sizing the context.
 ELASTIC_REACH_SIGMAS = 3.0
@@ -192,7 +199,10 @@ def _transforms(config: dict[str, dict[str, Any]]) -> list[A.BasicTransform]:
     t: list[A.BasicTransform] = []
     c = config
     if "flip" in c:
-        t += [A.HorizontalFlip(p=c["flip"]["p"]), A.VerticalFlip(p=c["flip"]["p"])]
+        axes = c["flip"]["axes"]
+        if axes not in FLIP_AXES:
+            raise ValueError(f"augmentation 'flip': axes must be one of {', '.join(FLIP_AXES)}, not {axes!r}")
+        t += [flip(p=c["flip"]["p"]) for flip in FLIP_AXES[axes]]
     if "rotate90" in c:
         t.append(A.RandomRotate90(p=c["rotate90"]["p"]))
     if "affine" in c:
