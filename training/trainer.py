@@ -11,8 +11,8 @@ One :class:`Trainer` runs a :class:`~training.config.TrainConfig`:
   workers seeded by :func:`training.seeding.worker_init_fn`;
 * **optimisation** -- Adam or SGD (momentum 0.99 by default), learning rate constant or poly
   ``lr * (1 - progress) ** 0.9`` where progress is the larger of the epoch and the training-time share
-  of the budget; loss from :mod:`training.losses`; on CUDA autocast and channels_last
-  (:mod:`training.device`);
+  of the budget; loss from :mod:`training.losses`; channels_last, and autocast as ``run.precision``
+  asks (mixed precision on CUDA by default, bf16 on the CPU on request; :mod:`training.device`);
 * **validation** -- whole hold-out images through :class:`training.predictor.Predictor`, the very
   code ``tessera predict`` runs, scored by :mod:`training.metrics`; before it, optionally, precise
   BatchNorm statistics from clean training patches (``run.precise_bn``, :mod:`training.batchnorm`)
@@ -60,7 +60,7 @@ from training.config import LOWER_IS_BETTER, TrainConfig
 from training.data.augment import build_augmentation
 from training.data.dataset import Example, SegmentationFolder
 from training.data.patches import UNIFORM_WEIGHTS, PatchDataset, WeightMapConfig, dataset_normalization
-from training.device import autocast, resolve_device
+from training.device import autocast, autocast_dtype, resolve_device
 from training.losses import build_loss
 from training.evaluate import interior_class, score
 from training.models import build_model, load_encoder_weights, parse_arch
@@ -240,7 +240,7 @@ class Trainer:
         return torch.optim.SGD(parameters, lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay)
 
     def _needs_scaler(self) -> bool:
-        return self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+        return autocast_dtype(self.device, self.config.run.precision) == torch.float16
 
     @property
     def steps_per_epoch(self) -> int:
@@ -342,7 +342,7 @@ class Trainer:
         if weight is not None:
             weight = weight.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device):
+        with autocast(self.device, self.config.run.precision):
             logits = self.model(image)
         loss = self.loss(logits.float(), target, weight if self.config.loss.weight_map else None)
         if not torch.isfinite(loss):
