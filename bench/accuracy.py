@@ -7,7 +7,7 @@
 (b) the shipped model (``training/assets/default.safetensors``).
 Every model is scored through the same Predictor and metrics (``training.evaluate``): pixel error,
 membrane Dice, adapted Rand error. Also: the trainer's samples per second over a plain PyTorch loop
-on the same model, patch size and batch (pre-made tensors, no data pipeline) -- the data pipeline
+on the same model, patch size, batch and precision (pre-made tensors, no data pipeline) -- the data pipeline
 and augmentation keep the model busy when the ratio is near or above 1.
 
     .venv/bin/python bench/accuracy.py --minutes 10 --threads 2
@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from training.bundle import DEFAULT_BUNDLE, Bundle, new_bundle_info  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.data.dataset import ISBI_HOLDOUT, ISBI_TRAIN, isbi2012  # noqa: E402
+from training.device import autocast  # noqa: E402
 from training.evaluate import evaluate_bundle  # noqa: E402
 from training.losses import build_loss  # noqa: E402
 from training.models import build_model  # noqa: E402
@@ -121,7 +122,9 @@ def speed(threads: int, output: Path) -> dict:
         if step == 1:
             start = time.monotonic()
         optimizer.zero_grad()
-        loss_fn(model(x), y, w).backward()
+        with autocast(trainer.device, config.run.precision):  # the trainer's precision
+            logits = model(x)
+        loss_fn(logits.float(), y, w).backward()
         optimizer.step()
     plain_rate = SPEED_STEPS * batch / (time.monotonic() - start)
     return {"trainer_samples_per_s": round(trainer_rate, 3), "plain_samples_per_s": round(plain_rate, 3),

@@ -184,3 +184,30 @@ def test_calibrating_a_three_class_task_is_refused(data: Path, tmp_path: Path) -
                                 f"run.output={tmp_path / 'out'}"])
     with pytest.raises(ValueError, match="calibrate needs a two-class task; the masks have 3 classes"):
         Trainer(config, log=quiet)
+
+
+def test_bfloat16_steps_on_the_cpu_train_and_save_float32(data: Path, tmp_path: Path) -> None:
+    """``run.precision=bfloat16``: the training convolutions run in bf16 (also on the CPU), the
+    loss stays close to a float32 run's, and the saved bundle is float32."""
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        trainer = Trainer(tiny(data, tmp_path / precision, "run.epochs=1", "run.overlays=0",
+                               f"run.precision={precision}"), log=quiet)
+        seen: set[torch.dtype] = set()
+        trainer.model.head.register_forward_hook(lambda module, args, out: seen.add(out.dtype))
+        runs[precision] = trainer.fit(), seen
+    (fp32, fp32_dtypes), (bf16, bf16_dtypes) = runs["float32"], runs["bfloat16"]
+    assert fp32_dtypes == {torch.float32}
+    assert torch.bfloat16 in bf16_dtypes  # training steps; validation runs float32
+    losses = fp32.history[0]["train_loss"], bf16.history[0]["train_loss"]
+    assert losses[0] != losses[1] and losses[1] == pytest.approx(losses[0], rel=0.05)
+    tensors = load_file(str(bf16.last))
+    assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float32}
+
+
+def test_precision_is_checked(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="run.precision: must be one of auto, float32, bfloat16, float16"):
+        tiny(data, tmp_path / "bad", "run.precision=half")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="precision 'float16' needs a CUDA device"):
+            Trainer(tiny(data, tmp_path / "fp16", "run.precision=float16"), log=quiet)
