@@ -27,6 +27,11 @@ name            options (defaults in :data:`DEFAULT_AUGMENTATION`)
 ``blur``        ``p``, ``sigma`` [lo, hi]: Gaussian blur
 ==============  ==================================================================================
 
+Flips and 90-degree rotations assume that labels are drawn centred on what they trace. Where a
+dataset's labels sit off-centre by a fixed sub-pixel offset (ISBI 2012's: 0.6 px up, 0.2 px left),
+flipped copies carry the opposite offset and teach the model a centred answer, wrong by that offset
+along every edge; turn them off there, or keep flips to one axis with ``flip.axes``.
+
 Why neither built-in elastic transform: ``ElasticTransform`` smooths a dense per-pixel random
 field with a Gaussian (Simard 2003), not a coarse grid; ``GridElasticDeform`` draws uniform
 displacements and warps each grid cell by a piecewise mesh (no smooth interpolation, no border mode).
