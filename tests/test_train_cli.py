@@ -89,5 +89,7 @@ def test_evaluate_and_classifier_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert "no such bundle file" in capsys.readouterr().err
     assert main(["evaluate", "--images", str(tmp_path)]) == 2
     assert "give both --images and --masks" in capsys.readouterr().err
+    assert main(["evaluate", "--tile", "big"]) == 2
+    assert "--tile must be a number of pixels or 'auto', not 'big'" in capsys.readouterr().err
     assert main(["train-classifier", str(tmp_path), "--output", str(tmp_path / "c.safetensors")]) == 2
     assert "at least 2" in capsys.readouterr().err

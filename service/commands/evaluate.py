@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from service.commands.inference import add_threshold_option, parse_threshold
+from service.commands.inference import add_threshold_option, parse_threshold, parse_tile
 from training.data.dataset import ISBI_HOLDOUT, SegmentationFolder, isbi2012
 from training.trainer import select_items
 
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tile", help="tile input size, or 'auto' (default: the bundle's)")
     parser.add_argument("--tta", choices=("none", "flips", "d4"), default="none", help="test-time augmentation")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
     add_threshold_option(parser)
     parser.add_argument("--per-image", action="store_true", help="include each image's metrics")
     parser.set_defaults(handler=run)
@@ -60,9 +61,12 @@ def dataset(args: argparse.Namespace) -> SegmentationFolder:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.device import set_cpu_threads
     from training.evaluate import evaluate_bundle
 
-    tile = int(args.tile) if args.tile and args.tile.isdigit() else args.tile
+    tile = parse_tile(args.tile)
+    if args.threads:
+        set_cpu_threads(args.threads)
     if args.bundle and not Path(args.bundle).is_file():
         raise ValueError(f"{args.bundle}: no such bundle file")
     result = evaluate_bundle(
