@@ -89,6 +89,27 @@ def test_changed_settings_redo_everything(bundle: Path, tmp_path: Path) -> None:
     assert (dst / "img000.overlay.png").is_file()
 
 
+def test_threshold_decides_the_masks_and_is_a_setting(bundle: Path, tmp_path: Path) -> None:
+    """``--threshold P``: class 1 where its probability >= P, as the Predictor decides; a job with
+    another threshold is another job (nothing skipped), the bundle's own threshold the default."""
+    images = make_folder(tmp_path / "src", 2)
+    dst = tmp_path / "dst"
+    segment_folder(bundle, tmp_path / "src", dst, tile=TILE)
+    assert main(["batch", str(bundle), str(tmp_path / "src"), str(dst), "--tile", str(TILE),
+                 "--threshold", "0.7", "--quiet"]) == 0
+    assert {r["status"] for r in manifest(dst).values()} == {"ok"}
+    strict = Predictor(bundle, tile=TILE, threshold=0.7)
+    for name, pixels in images.items():
+        probabilities = strict.predict(pixels, probabilities=True).probabilities
+        labels = read_image(dst / f"{name.rsplit('.', 1)[0]}.png")
+        np.testing.assert_array_equal(labels, (probabilities[1] >= 0.7).astype(labels.dtype))
+        assert labels.sum() < Predictor(bundle, tile=TILE).predict(pixels).labels.sum()  # not the argmax
+    report = segment_folder(bundle, tmp_path / "src", dst, tile=TILE, threshold=0.7)
+    assert (report.succeeded, report.skipped) == (0, 2)
+    report = segment_folder(bundle, tmp_path / "src", dst, tile=TILE)
+    assert (report.succeeded, report.skipped) == (2, 0)
+
+
 def test_blend_gaussian_folder_job_equals_the_blending_predictor_and_is_a_setting(bundle: Path, tmp_path: Path, capsys) -> None:
     images = make_folder(tmp_path / "src", 2)
     dst = tmp_path / "dst"

@@ -151,6 +151,15 @@ def test_changed_settings_start_over(bundle: Path, slide, tmp_path: Path) -> Non
     assert (report.resumed, report.computed, report.chunk) == (0, 4, [208, 208])
 
 
+def test_a_threshold_is_its_own_job(bundle: Path, slide, tmp_path: Path) -> None:
+    """A threshold changes the labels and the job: none of the finished job's chunks are reused."""
+    first = segment_gigapixel(bundle, slide[0], tmp_path, tile=TILE, chunk=CHUNK)
+    report = segment_gigapixel(bundle, slide[0], tmp_path, tile=TILE, chunk=CHUNK, threshold=0.0)
+    assert (report.complete_before, report.resumed, report.computed) == (False, 0, first.computed)
+    group = zarr.open_group(str(report.output), mode="r")
+    assert (group["0"][:] == 1).all() and group.attrs["tessera"]["threshold"] == 0.0
+
+
 def test_zarr_input_rgb_model_refused_and_name(bundle: Path, slide, tmp_path: Path) -> None:
     source = tmp_path / "in.zarr"
     array = zarr.create_array(str(source), shape=(HEIGHT, WIDTH), chunks=(100, 100), dtype=np.uint16, zarr_format=3)

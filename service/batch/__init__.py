@@ -42,18 +42,18 @@ def tta_mode(tta: bool | str | None) -> str:
 
 
 def prepare(bundle, tile, batch_size, tta, device, blend: str = "none",
-            overlap: float = DEFAULT_OVERLAP) -> tuple[PredictorSpec, Predictor]:
+            overlap: float = DEFAULT_OVERLAP, threshold: float | str | None = "bundle") -> tuple[PredictorSpec, Predictor]:
     """The job's predictor, built here (it resolves ``tile="auto"`` once, for every worker), and
     the picklable spec workers rebuild it from."""
     path = Path(bundle) if bundle is not None else DEFAULT_BUNDLE
     if not path.is_file():
         raise ValueError(f"{path}: no such bundle file")
     predictor = Predictor(path, device=device, tile=tile, batch_size=batch_size, tta=tta_mode(tta),
-                          blend=blend, overlap=overlap)
+                          blend=blend, overlap=overlap, threshold=threshold)
     spec = PredictorSpec(
         bundle=str(path.resolve()), sha256=file_sha256(path), tile=predictor.tile,
         batch_size=predictor.batch_size, tta=tta_mode(tta), device=str(device),
-        blend=predictor.blend, overlap=predictor.overlap,
+        blend=predictor.blend, overlap=predictor.overlap, threshold=threshold,
     )
     return spec, predictor
 
@@ -74,11 +74,13 @@ def segment_folder(
     progress: Progress | None = None,
     blend: str = "none",
     overlap: float = DEFAULT_OVERLAP,
+    threshold: float | str | None = "bundle",
 ) -> FolderReport:
     """Segment every image of a folder, glob or listing into ``dst`` (see :mod:`service.batch.folder`);
-    ``blend="gaussian"`` averages overlapping tiles (see :mod:`training.blending`)."""
+    ``blend="gaussian"`` averages overlapping tiles (see :mod:`training.blending`); ``threshold``
+    as :class:`~training.predictor.Predictor` takes it (default: the bundle's)."""
     parse_scheduler(scheduler)
-    spec, predictor = prepare(bundle, tile, batch_size, tta, device, blend, overlap)
+    spec, predictor = prepare(bundle, tile, batch_size, tta, device, blend, overlap, threshold)
     runner = open_runner(scheduler, spec, predictor)
     try:
         options = FolderOptions(overlay=overlay, probabilities=probabilities, max_pixels=max_pixels)
@@ -104,6 +106,7 @@ def segment_gigapixel(
     progress=None,
     blend: str = "none",
     overlap: float = DEFAULT_OVERLAP,
+    threshold: float | str | None = "bundle",
 ) -> GigapixelReport:
     """Segment one large TIFF/BigTIFF/zarr image into ``dst/NAME.zarr`` (see :mod:`service.batch.gigapixel`).
 
@@ -115,7 +118,7 @@ def segment_gigapixel(
                          "not yet for gigapixel jobs")
     if not is_gigapixel_source(src):
         raise ValueError(f"{src}: not an existing TIFF/BigTIFF or zarr image")
-    spec, predictor = prepare(bundle, tile, batch_size, tta, device)
+    spec, predictor = prepare(bundle, tile, batch_size, tta, device, threshold=threshold)
     runner = open_runner(scheduler, spec, predictor)
     try:
         return run_gigapixel(src, dst, spec, predictor, runner, probabilities, tiff, chunk, max_pixels, progress)

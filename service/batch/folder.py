@@ -199,11 +199,14 @@ def plan_items(inputs: list[tuple[str, Path]], dst: Path, options: FolderOptions
 
 
 def job_key(spec: PredictorSpec, options: FolderOptions) -> str:
-    """What makes outputs comparable across runs: the model, tiles, TTA, blending and the outputs
-    asked for (``blend`` only when used, so keys of crop-only jobs are unchanged)."""
+    """What makes outputs comparable across runs: the model, tiles, TTA, blending, the decision
+    threshold and the outputs asked for (``blend`` and ``threshold`` only when not the defaults,
+    so keys of older jobs are unchanged)."""
     settings = {"bundle": spec.sha256, "tile": spec.tile, "tta": spec.tta, "outputs": options.kinds()}
     if spec.blend != "none":
         settings["blend"] = [spec.blend, spec.overlap]
+    if spec.threshold != "bundle":
+        settings["threshold"] = spec.threshold
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

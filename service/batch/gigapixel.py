@@ -463,6 +463,8 @@ def _job_key(spec: PredictorSpec, src: Path, shape, chunks, probabilities: bool)
         "bundle": spec.sha256, "tile": spec.tile, "tta": spec.tta, "shape": list(shape), "chunk": list(chunks),
         "probabilities": probabilities, "source": source_fingerprint(src),
     }
+    if spec.threshold != "bundle":  # only when set, so keys of older jobs are unchanged
+        settings["threshold"] = spec.threshold
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -577,7 +579,7 @@ def finish(partial: Path, output: Path, job: GigapixelJob, spec: PredictorSpec, 
     }}, fmt=FormatV05())
     group.attrs["tessera"] = {
         "job": key, "bundle_sha256": spec.sha256, "tile": spec.tile, "tta": spec.tta, "classes": list(classes),
-        "chunk": list(job.chunk), "values": "class index",
+        "threshold": predictor.threshold, "chunk": list(job.chunk), "values": "class index",
         **({"probabilities": {"path": PROBABILITIES, "values": "round(255 p)", "scale": 1 / 255}} if job.probabilities else {}),
     }
     if job.probabilities:

@@ -68,6 +68,8 @@ class PredictorSpec:
     """Everything a worker needs to build the job's predictor, and nothing else (picklable).
 
     ``blend`` / ``overlap`` are the predictor's tile blending (``"none"``: exact crop-only).
+    ``threshold``: two-class decisions as :class:`~training.predictor.Predictor` takes them
+    (``"bundle"``: the bundle's own; None: argmax; or a probability).
     ``tile`` is the resolved tile input size (``"auto"`` is measured once, by the client, so
     every worker uses the same tiles); ``sha256`` is the bundle file's hash, checked by each
     worker so a bundle replaced mid-job cannot mix models into one output.
@@ -81,6 +83,7 @@ class PredictorSpec:
     device: str = "auto"
     blend: str = "none"
     overlap: float = DEFAULT_OVERLAP
+    threshold: float | str | None = "bundle"
 
     def key(self) -> str:
         return hashlib.sha256(repr(sorted(asdict(self).items())).encode()).hexdigest()[:16]
@@ -93,7 +96,7 @@ def load_predictor(spec: PredictorSpec) -> Predictor:
     if found != spec.sha256:
         raise ValueError(f"{spec.bundle}: bundle changed during the job (sha256 {found[:12]}, expected {spec.sha256[:12]})")
     return Predictor(spec.bundle, device=spec.device, tile=spec.tile, batch_size=spec.batch_size, tta=spec.tta,
-                     blend=spec.blend, overlap=spec.overlap)
+                     blend=spec.blend, overlap=spec.overlap, threshold=spec.threshold)
 
 
 def predictor_for(spec: PredictorSpec) -> Predictor:
