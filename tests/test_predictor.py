@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,7 @@ from training.device import BatchRunner, resolve_device
 from training.images import ImageError
 from training.models import build_model
 from training.normalization import Normalization
-from training.predictor import Predictor
+from training.predictor import Predictor, unseen_orientations
 from training.writers import encode_probabilities
 
 RGB_UNET = {**TINY_UNET, "in_channels": 3, "num_classes": 3, "depth": 3}
@@ -106,6 +109,31 @@ def test_tta_tiled_equals_tta_whole_and_differs_from_plain(gray):
         tiled = predictor.predict(image, probabilities=True)
         assert_exact(tiled, predictor.predict_whole(image))
         assert np.abs(tiled.probabilities - plain.probabilities).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("augment", "mode", "unseen"),
+    [
+        ({}, "d4", []),  # the default augmentation flips and turns
+        (None, "d4", []),  # a bundle that does not say
+        ({"flip": False, "rotate90": False}, "d4", ["flips", "90-degree turns"]),
+        ({"flip": False, "rotate90": False}, "flips", ["flips"]),
+        ({"flip": {"axes": "horizontal"}}, "flips", ["flips on both axes"]),
+        ({"flip": False, "rotate90": False}, "none", []),
+    ],
+)
+def test_tta_warns_about_views_the_model_never_trained_on(gray, augment, mode, unseen):
+    info = copy.deepcopy(gray.info)
+    info.provenance = {} if augment is None else {"config": {"augment": augment}}
+    bundle = Bundle(model=gray.model, info=info)
+    assert unseen_orientations(info, mode) == unseen
+    if unseen:
+        with pytest.warns(UserWarning, match=f"trained without {unseen[0]}"):
+            Predictor(bundle, device="cpu", tta=mode)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            Predictor(bundle, device="cpu", tta=mode)
 
 
 def test_region_equals_the_same_block_of_a_whole_run(gray):

@@ -134,6 +134,13 @@ class Predictor:
             )
         self.model = prepare_model(bundle.model, self.device)
         self.transforms = TTA_MODES[_tta_mode(tta)]
+        unseen = unseen_orientations(bundle.info, _tta_mode(tta))
+        if unseen:
+            warnings.warn(
+                f"this model was trained without {' or '.join(unseen)}: test-time augmentation averages in "
+                "views it never saw (where labels sit off-centre, as ISBI 2012's do, that costs accuracy)",
+                stacklevel=2,
+            )
         self.batch_size = batch_size or DEFAULT_BATCH.get(self.device.type, 2)
         self._runner = BatchRunner(self._forward, self.batch_size)
         self.tile = self._resolve_tile(tile)
@@ -374,6 +381,28 @@ class Predictor:
                 progress(done, total)
         if blender is not None:
             blender.finish()
+
+
+def unseen_orientations(info: BundleInfo, mode: str) -> list[str]:
+    """The flips / 90-degree turns TTA ``mode`` uses that the bundle's training augmentation (its
+    provenance config) never applied; empty when it did, or when the bundle does not say."""
+    if mode == "none":
+        return []
+    augment = (info.provenance or {}).get("config", {}).get("augment")
+    if augment is None:
+        return []
+    from training.data.augment import read_config
+
+    try:
+        config = read_config(augment)
+    except (ValueError, OSError):
+        return []
+    unseen = []
+    if config.get("flip", {}).get("axes") != "both":
+        unseen.append("flips" if "flip" not in config else "flips on both axes")
+    if mode == "d4" and "rotate90" not in config:
+        unseen.append("90-degree turns")
+    return unseen
 
 
 def _tta_mode(tta: bool | str) -> str:
