@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from training.data import Example, isbi2012
@@ -13,6 +14,7 @@ from training.data.augment import (
     DEFAULT_AUGMENTATION,
     GridElastic,
     build_augmentation,
+    dihedral_vector,
     grid_displacement,
     read_config,
     warp_reach,
@@ -133,6 +135,48 @@ def test_flips_can_keep_to_one_axis(axes, flipped):
         out_image, out_mask, _ = aug(image, mask)
         np.testing.assert_array_equal(out_image, image[flipped])
         np.testing.assert_array_equal(out_mask, mask[flipped])
+
+
+@pytest.mark.parametrize("offset", [(-1.0, 0.0), (0.0, 2.0), (1.0, -1.0)])
+def test_flips_and_turns_keep_an_off_centre_labelling(offset):
+    """Labels drawn ``offset`` px off their structures stay exactly that far off after every flip
+    and turn (integer offsets: the image's correcting move is exact)."""
+    rng = np.random.default_rng(0)
+    field = ndimage.gaussian_filter(rng.random((72, 72)), 3)
+    structure = field > np.median(field)
+    dy, dx = int(offset[0]), int(offset[1])
+    labels = np.roll(structure, (dy, dx), axis=(0, 1)).astype(np.uint8)  # label(p) = structure(p - offset)
+    image = structure.astype(np.float32)
+    aug = build_augmentation({"flip": {"p": 0.5}, "rotate90": {"p": 1.0}, "affine": False, "elastic": False,
+                              **GEOMETRY_ONLY}, seed=3, label_offset=offset)
+    seen, inner = set(), np.s_[4:-4, 4:-4]
+    for _ in range(40):
+        out_image, out_labels, _ = aug(image, labels)
+        expected = np.roll(out_image > 0.5, (dy, dx), axis=(0, 1))
+        np.testing.assert_array_equal(out_labels[inner], expected[inner])
+        seen.add(out_labels.tobytes())
+    assert len(seen) == 8  # all eight flips/turns happened
+    # Without the offset, a vertical flip turns "1 px above" into "1 px below":
+    plain = build_augmentation({"flip": {"p": 1.0, "axes": "vertical"}, "rotate90": False, "affine": False,
+                                "elastic": False, **GEOMETRY_ONLY}, seed=0)
+    out_image, out_labels, _ = plain(image, labels)
+    if dy:
+        assert not np.array_equal(out_labels[inner], np.roll(out_image > 0.5, (dy, dx), axis=(0, 1))[inner])
+
+
+def test_dihedral_vectors():
+    assert dihedral_vector((1.0, 2.0), False, False, 0) == (1.0, 2.0)
+    assert dihedral_vector((1.0, 2.0), True, False, 0) == (1.0, -2.0)
+    assert dihedral_vector((1.0, 2.0), False, True, 0) == (-1.0, 2.0)
+    assert dihedral_vector((1.0, 0.0), False, False, 1) == (0.0, 1.0)  # np.rot90: down becomes right
+    assert dihedral_vector((1.0, 2.0), False, False, 4) == (1.0, 2.0)
+
+
+def test_label_offset_errors():
+    with pytest.raises(ValueError, match=r"label_offset must be \[dy, dx\]"):
+        build_augmentation(None, label_offset=(1.0,))
+    with pytest.raises(ValueError, match="within"):
+        build_augmentation(None, label_offset=(0.0, 5.0))
 
 
 def test_warp_reach_by_hand():

@@ -42,7 +42,9 @@ class DataConfig:
     training stems (default: every stem not used for validation). ``foreground_fraction`` of the
     patches are centred on a foreground pixel (nnU-Net's oversampling). ``rand_class`` names the
     class whose connected components the adapted Rand error compares (default for two classes:
-    class 1, ISBI's ``cell``).
+    class 1, ISBI's ``cell``). ``label_offset``: ``[dy, dx]`` pixels the masks sit off the
+    structures they trace (negative: up / left; ISBI 2012: about ``[-0.6, -0.2]``), so that flips
+    and turns keep it (:class:`training.data.augment.OffsetDihedral`).
     """
 
     images: str = ""
@@ -56,6 +58,7 @@ class DataConfig:
     normalization: Literal["image", "fixed"] = "image"
     foreground_fraction: float = 0.0
     rand_class: str | None = None
+    label_offset: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
 
 @dataclass
@@ -197,12 +200,16 @@ class TrainConfig:
         for ok, key, problem in checks:
             if not ok:
                 raise ConfigError(f"{key}: {problem}")
-        from training.data.augment import read_config
+        from training.data.augment import check_label_offset, read_config
 
         try:
             read_config(self.augment)
         except ValueError as error:
             raise ConfigError(f"augment: {error}") from None
+        try:
+            check_label_offset(self.data.label_offset)
+        except ValueError as error:
+            raise ConfigError(f"data.{error}") from None
         return self
 
 

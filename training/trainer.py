@@ -279,7 +279,7 @@ class Trainer:
             c.patch.size,
             self.labels.num_classes,
             normalization=self.normalization,
-            augmentation=build_augmentation(c.augment, seed=c.run.seed),
+            augmentation=build_augmentation(c.augment, seed=c.run.seed, label_offset=c.data.label_offset),
             weights=weights,
             foreground_classes=self.labels.foreground,
             foreground_share=c.data.foreground_fraction,

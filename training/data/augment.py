@@ -30,7 +30,10 @@ name            options (defaults in :data:`DEFAULT_AUGMENTATION`)
 Flips and 90-degree rotations assume that labels are drawn centred on what they trace. Where a
 dataset's labels sit off-centre by a fixed sub-pixel offset (ISBI 2012's: 0.6 px up, 0.2 px left),
 flipped copies carry the opposite offset and teach the model a centred answer, wrong by that offset
-along every edge; turn them off there, or keep flips to one axis with ``flip.axes``.
+along every edge. Give the offset (``label_offset``, ``data.label_offset`` in a training config)
+and flips and turns keep it (:class:`OffsetDihedral`): labels are flipped and turned exactly, the
+image is flipped, turned and moved back by the offset's change, resampled bilinearly. Or turn flips
+off, or keep them to one axis with ``flip.axes``.
 
 Why neither built-in elastic transform: ``ElasticTransform`` smooths a dense per-pixel random
 field with a Gaussian (Simard 2003), not a coarse grid; ``GridElasticDeform`` draws uniform
@@ -46,7 +49,7 @@ albumentations 2.0.8 copies the same random state into every DataLoader worker;
 
 Public API: :func:`build_augmentation` -> :class:`Augmentation` (``aug(image, mask, weight)``,
 ``reseed(seed)``, ``reach(size)``), :data:`DEFAULT_AUGMENTATION`, :func:`warp_reach`,
-:class:`GridElastic`, :func:`grid_displacement`.
+:class:`GridElastic`, :func:`grid_displacement`, :class:`OffsetDihedral`.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ import copy
 import functools
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +89,8 @@ FLIP_AXES = {
     "horizontal": (A.HorizontalFlip,),
     "vertical": (A.VerticalFlip,),
 }
+#: Largest ``label_offset`` component accepted, pixels: labels further off are a registration problem.
+MAX_LABEL_OFFSET = 4.0
 #: Elastic displacements beyond this many sigma are treated as impossible when sizing the context.
 ELASTIC_REACH_SIGMAS = 3.0
 
@@ -155,6 +160,76 @@ class GridElastic(BaseDistortion):
         return {"map_x": dx, "map_y": dy}
 
 
+def dihedral_vector(vector: tuple[float, float], hflip: bool, vflip: bool, turns: int) -> tuple[float, float]:
+    """Where a displacement ``(dy, dx)`` points after a horizontal flip, a vertical flip and then
+    ``turns`` counter-clockwise quarter turns (``np.rot90``), applied in that order."""
+    dy, dx = vector
+    if hflip:
+        dx = -dx
+    if vflip:
+        dy = -dy
+    for _ in range(turns % 4):
+        dy, dx = -dx, dy
+    return dy, dx
+
+
+def _dihedral(array: np.ndarray, hflip: bool, vflip: bool, turns: int) -> np.ndarray:
+    if hflip:
+        array = array[:, ::-1]
+    if vflip:
+        array = array[::-1]
+    return np.ascontiguousarray(np.rot90(array, turns))
+
+
+class OffsetDihedral(A.DualTransform):
+    """Flips and quarter turns that keep labels drawn ``label_offset = (dy, dx)`` pixels off the
+    structures they trace (negative: up / left) exactly that far off.
+
+    Flipping or turning image and labels together turns the offset too (a vertical flip moves
+    labels drawn 0.6 px above to 0.6 px below). Labels and weights are flipped and turned exactly;
+    the image is flipped, turned and then moved by ``t = D(offset) - offset`` (bilinear, mirrored
+    border), so the labels sit ``offset`` from its structures again. Each axis flips with
+    probability ``flip_p`` (``axes`` as in ``flip.axes``); with probability ``turn_p`` a random
+    multiple of 90 degrees is applied (as ``RandomRotate90``).
+    """
+
+    class InitSchema(A.DualTransform.InitSchema):
+        flip_p: float
+        axes: str
+        turn_p: float
+        label_offset: tuple[float, float]
+
+    def __init__(self, flip_p: float = 0.5, axes: str = "both", turn_p: float = 0.5,
+                 label_offset: tuple[float, float] = (0.0, 0.0), p: float = 1.0) -> None:
+        super().__init__(p=p)
+        if axes not in FLIP_AXES:
+            raise ValueError(f"augmentation 'flip': axes must be one of {', '.join(FLIP_AXES)}, not {axes!r}")
+        self.flip_p, self.axes, self.turn_p = flip_p, axes, turn_p
+        self.label_offset = (float(label_offset[0]), float(label_offset[1]))
+
+    def get_params(self) -> dict[str, Any]:
+        draw = self.py_random.random
+        hflip = self.axes in ("both", "horizontal") and draw() < self.flip_p
+        vflip = self.axes in ("both", "vertical") and draw() < self.flip_p
+        turns = self.py_random.randint(0, 3) if draw() < self.turn_p else 0
+        return {"hflip": hflip, "vflip": vflip, "turns": turns}
+
+    def apply(self, img: np.ndarray, hflip: bool, vflip: bool, turns: int, **params: Any) -> np.ndarray:
+        out = _dihedral(img, hflip, vflip, turns)
+        ty, tx = np.subtract(dihedral_vector(self.label_offset, hflip, vflip, turns), self.label_offset)
+        if ty == 0 and tx == 0:
+            return out
+        move = np.float32([[1, 0, tx], [0, 1, ty]])
+        moved = cv2.warpAffine(out, move, (out.shape[1], out.shape[0]), flags=cv2.INTER_LINEAR, borderMode=BORDER)
+        return moved.reshape(out.shape)
+
+    def apply_to_mask(self, mask: np.ndarray, hflip: bool, vflip: bool, turns: int, **params: Any) -> np.ndarray:
+        return _dihedral(mask, hflip, vflip, turns)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("flip_p", "axes", "turn_p", "label_offset")
+
+
 # --------------------------------------------------------------------------- configuration
 def read_config(config: Mapping | str | Path | None) -> dict[str, dict[str, Any]]:
     """The effective configuration: defaults merged with ``config`` (dict, YAML file or text)."""
@@ -199,10 +274,16 @@ def _pair(values: Any, name: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _transforms(config: dict[str, dict[str, Any]]) -> list[A.BasicTransform]:
-    """albumentations transforms for an effective config, geometric first."""
+def _transforms(config: dict[str, dict[str, Any]], label_offset: tuple[float, float] = (0.0, 0.0)) -> list[A.BasicTransform]:
+    """albumentations transforms for an effective config, geometric first (flips and turns as
+    one :class:`OffsetDihedral` when the labels sit off-centre)."""
     t: list[A.BasicTransform] = []
     c = config
+    if any(label_offset) and ("flip" in c or "rotate90" in c):
+        flip = c.get("flip", {"p": 0.0, "axes": "both"})
+        t.append(OffsetDihedral(flip_p=flip["p"], axes=flip["axes"], turn_p=c.get("rotate90", {}).get("p", 0.0),
+                                label_offset=label_offset))
+        c = {name: options for name, options in c.items() if name not in ("flip", "rotate90")}
     if "flip" in c:
         axes = c["flip"]["axes"]
         if axes not in FLIP_AXES:
@@ -243,10 +324,12 @@ def _transforms(config: dict[str, dict[str, Any]]) -> list[A.BasicTransform]:
     return t
 
 
-def warp_reach(config: dict[str, dict[str, Any]], size: int) -> int:
+def warp_reach(config: dict[str, dict[str, Any]], size: int, label_offset: tuple[float, float] = (0.0, 0.0)) -> int:
     """Extra pixels per side a square window of ``size`` needs so that the configured warps pull
     their samples from real (globally mirrored) context rather than the window's own reflection."""
     reach = 0.0
+    if "flip" in config or "rotate90" in config:  # OffsetDihedral moves the image by up to 2 offsets
+        reach += 2 * max(abs(float(v)) for v in label_offset)
     if "affine" in config:
         lo_scale, _ = _pair(config["affine"]["scale"], "scale")
         lo_rot, hi_rot = _pair(config["affine"]["rotate"], "rotate")
@@ -265,9 +348,12 @@ class Augmentation:
     labels; ``weight``: ``(H, W)`` float32 or None. Shapes are kept (square windows).
     """
 
-    def __init__(self, config: Mapping | str | Path | None = None, seed: int | None = None) -> None:
+    def __init__(self, config: Mapping | str | Path | None = None, seed: int | None = None,
+                 label_offset: Sequence[float] = (0.0, 0.0)) -> None:
         self.config = read_config(config)
-        self.compose = A.Compose(_transforms(self.config), additional_targets={"weight": "mask"}, strict=True)
+        self.label_offset = check_label_offset(label_offset)
+        self.compose = A.Compose(_transforms(self.config, self.label_offset), additional_targets={"weight": "mask"},
+                                 strict=True)
         self.reseed(seed if seed is not None else random.SystemRandom().randrange(2**32))
 
     def reseed(self, seed: int) -> None:
@@ -276,7 +362,7 @@ class Augmentation:
 
     def reach(self, size: int) -> int:
         """See :func:`warp_reach`."""
-        return warp_reach(self.config, size)
+        return warp_reach(self.config, size, self.label_offset)
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, weight: np.ndarray | None = None
@@ -290,6 +376,19 @@ class Augmentation:
         return out["image"], out["mask"], out.get("weight")
 
 
-def build_augmentation(config: Mapping | str | Path | None = None, seed: int | None = None) -> Augmentation:
-    """The pipeline for ``config`` (None: :data:`DEFAULT_AUGMENTATION`; ``"none"``: identity)."""
-    return Augmentation(config, seed)
+def check_label_offset(values: Sequence[float]) -> tuple[float, float]:
+    """``label_offset`` as ``(dy, dx)`` floats; ValueError naming the problem otherwise."""
+    try:
+        dy, dx = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"label_offset must be [dy, dx] in pixels, got {values!r}") from None
+    if not (math.isfinite(dy) and math.isfinite(dx)) or max(abs(dy), abs(dx)) > MAX_LABEL_OFFSET:
+        raise ValueError(f"label_offset {[dy, dx]}: each part must be within +-{MAX_LABEL_OFFSET} px")
+    return dy, dx
+
+
+def build_augmentation(config: Mapping | str | Path | None = None, seed: int | None = None,
+                       label_offset: Sequence[float] = (0.0, 0.0)) -> Augmentation:
+    """The pipeline for ``config`` (None: :data:`DEFAULT_AUGMENTATION`; ``"none"``: identity);
+    ``label_offset``: where the labels sit relative to what they trace, ``(dy, dx)`` pixels."""
+    return Augmentation(config, seed, label_offset)
