@@ -15,7 +15,7 @@ from training.device import BatchRunner, resolve_device
 from training.images import ImageError
 from training.models import build_model
 from training.normalization import Normalization
-from training.predictor import Predictor, unseen_orientations
+from training.predictor import Predictor, tta_caveat
 from training.writers import encode_probabilities
 
 RGB_UNET = {**TINY_UNET, "in_channels": 3, "num_classes": 3, "depth": 3}
@@ -112,25 +112,27 @@ def test_tta_tiled_equals_tta_whole_and_differs_from_plain(gray):
 
 
 @pytest.mark.parametrize(
-    ("augment", "mode", "unseen"),
+    ("config", "mode", "warning"),
     [
-        ({}, "d4", []),  # the default augmentation flips and turns
-        (None, "d4", []),  # a bundle that does not say
-        ({"flip": False, "rotate90": False}, "d4", ["flips", "90-degree turns"]),
-        ({"flip": False, "rotate90": False}, "flips", ["flips"]),
-        ({"flip": {"axes": "horizontal"}}, "flips", ["flips on both axes"]),
-        ({"flip": False, "rotate90": False}, "none", []),
+        ({"augment": {}}, "d4", None),  # the default augmentation flips and turns
+        ({}, "d4", None),  # a bundle that does not say
+        ({"augment": {"flip": False, "rotate90": False}}, "d4", "trained without flips or 90-degree turns"),
+        ({"augment": {"flip": False, "rotate90": False}}, "flips", "trained without flips:"),
+        ({"augment": {"flip": {"axes": "horizontal"}}}, "flips", "trained without flips on both axes"),
+        ({"augment": {"flip": False, "rotate90": False}}, "none", None),
+        ({"augment": {}, "data": {"label_offset": [-0.6, -0.2]}}, "flips", r"off-centre \(data.label_offset \[-0.6, -0.2\]\)"),
+        ({"augment": {}, "data": {"label_offset": [0.0, 0.0]}}, "d4", None),
     ],
 )
-def test_tta_warns_about_views_the_model_never_trained_on(gray, augment, mode, unseen):
+def test_tta_warns_when_it_may_cost_accuracy(gray, config, mode, warning):
     info = copy.deepcopy(gray.info)
-    info.provenance = {} if augment is None else {"config": {"augment": augment}}
+    info.provenance = {"config": config} if config else {}
     bundle = Bundle(model=gray.model, info=info)
-    assert unseen_orientations(info, mode) == unseen
-    if unseen:
-        with pytest.warns(UserWarning, match=f"trained without {unseen[0]}"):
+    if warning:
+        with pytest.warns(UserWarning, match=warning):
             Predictor(bundle, device="cpu", tta=mode)
     else:
+        assert tta_caveat(info, mode) is None
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             Predictor(bundle, device="cpu", tta=mode)

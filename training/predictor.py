@@ -134,13 +134,9 @@ class Predictor:
             )
         self.model = prepare_model(bundle.model, self.device)
         self.transforms = TTA_MODES[_tta_mode(tta)]
-        unseen = unseen_orientations(bundle.info, _tta_mode(tta))
-        if unseen:
-            warnings.warn(
-                f"this model was trained without {' or '.join(unseen)}: test-time augmentation averages in "
-                "views it never saw (where labels sit off-centre, as ISBI 2012's do, that costs accuracy)",
-                stacklevel=2,
-            )
+        caveat = tta_caveat(bundle.info, _tta_mode(tta))
+        if caveat:
+            warnings.warn(caveat, stacklevel=2)
         self.batch_size = batch_size or DEFAULT_BATCH.get(self.device.type, 2)
         self._runner = BatchRunner(self._forward, self.batch_size)
         self.tile = self._resolve_tile(tile)
@@ -383,26 +379,34 @@ class Predictor:
             blender.finish()
 
 
-def unseen_orientations(info: BundleInfo, mode: str) -> list[str]:
-    """The flips / 90-degree turns TTA ``mode`` uses that the bundle's training augmentation (its
-    provenance config) never applied; empty when it did, or when the bundle does not say."""
+def tta_caveat(info: BundleInfo, mode: str) -> str | None:
+    """Why test-time augmentation ``mode`` may cost this bundle accuracy, from its training config
+    (provenance): flips or turns it never trained on, or labels drawn off-centre, which a flipped
+    view puts on the other side. None when neither, or when the bundle does not say."""
     if mode == "none":
-        return []
-    augment = (info.provenance or {}).get("config", {}).get("augment")
-    if augment is None:
-        return []
+        return None
+    config = (info.provenance or {}).get("config", {})
+    offset = config.get("data", {}).get("label_offset") or [0.0, 0.0]
+    if any(offset):
+        return (f"this model learned labels drawn off-centre (data.label_offset {list(offset)}): test-time "
+                "augmentation's flipped views put them on the other side and blur them")
+    if config.get("augment") is None:
+        return None
     from training.data.augment import read_config
 
     try:
-        config = read_config(augment)
+        augment = read_config(config["augment"])
     except (ValueError, OSError):
-        return []
+        return None
     unseen = []
-    if config.get("flip", {}).get("axes") != "both":
-        unseen.append("flips" if "flip" not in config else "flips on both axes")
-    if mode == "d4" and "rotate90" not in config:
+    if augment.get("flip", {}).get("axes") != "both":
+        unseen.append("flips" if "flip" not in augment else "flips on both axes")
+    if mode == "d4" and "rotate90" not in augment:
         unseen.append("90-degree turns")
-    return unseen
+    if not unseen:
+        return None
+    return (f"this model was trained without {' or '.join(unseen)}: test-time augmentation averages in views "
+            "it never saw")
 
 
 def _tta_mode(tta: bool | str) -> str:
