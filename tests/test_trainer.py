@@ -211,3 +211,13 @@ def test_precision_is_checked(data: Path, tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="precision 'float16' needs a CUDA device"):
             Trainer(tiny(data, tmp_path / "fp16", "run.precision=float16"), log=quiet)
+
+
+def test_label_offset_reaches_the_augmentation(data: Path, tmp_path: Path) -> None:
+    from training.data.augment import OffsetDihedral
+
+    trainer = Trainer(tiny(data, tmp_path / "offset", "data.label_offset=[-0.6, -0.2]", "augment.flip.p=0.5"),
+                      log=quiet)
+    dihedral = [t for t in trainer.patches.augmentation.compose.transforms if isinstance(t, OffsetDihedral)]
+    assert len(dihedral) == 1 and dihedral[0].label_offset == (-0.6, -0.2)
+    assert trainer.patches.reach == trainer.patches.augmentation.reach(trainer.patches.input_size) > 0
