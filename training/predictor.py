@@ -133,8 +133,9 @@ class Predictor:
                 stacklevel=2,
             )
         self.model = prepare_model(bundle.model, self.device)
-        self.transforms = TTA_MODES[_tta_mode(tta)]
-        caveat = tta_caveat(bundle.info, _tta_mode(tta))
+        mode = _tta_mode(tta)
+        self.transforms = TTA_MODES[mode]
+        caveat = tta_caveat(bundle.info, mode)
         if caveat:
             warnings.warn(caveat, stacklevel=2)
         self.batch_size = batch_size or DEFAULT_BATCH.get(self.device.type, 2)

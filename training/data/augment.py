@@ -160,6 +160,13 @@ class GridElastic(BaseDistortion):
         return {"map_x": dx, "map_y": dy}
 
 
+def check_flip_axes(axes: str) -> str:
+    """``flip.axes`` itself when it names a :data:`FLIP_AXES` entry; ValueError otherwise."""
+    if axes not in FLIP_AXES:
+        raise ValueError(f"augmentation 'flip': axes must be one of {', '.join(FLIP_AXES)}, not {axes!r}")
+    return axes
+
+
 def dihedral_vector(vector: tuple[float, float], hflip: bool, vflip: bool, turns: int) -> tuple[float, float]:
     """Where a displacement ``(dy, dx)`` points after a horizontal flip, a vertical flip and then
     ``turns`` counter-clockwise quarter turns (``np.rot90``), applied in that order."""
@@ -202,9 +209,7 @@ class OffsetDihedral(A.DualTransform):
     def __init__(self, flip_p: float = 0.5, axes: str = "both", turn_p: float = 0.5,
                  label_offset: tuple[float, float] = (0.0, 0.0), p: float = 1.0) -> None:
         super().__init__(p=p)
-        if axes not in FLIP_AXES:
-            raise ValueError(f"augmentation 'flip': axes must be one of {', '.join(FLIP_AXES)}, not {axes!r}")
-        self.flip_p, self.axes, self.turn_p = flip_p, axes, turn_p
+        self.flip_p, self.axes, self.turn_p = flip_p, check_flip_axes(axes), turn_p
         self.label_offset = (float(label_offset[0]), float(label_offset[1]))
 
     def get_params(self) -> dict[str, Any]:
@@ -285,10 +290,7 @@ def _transforms(config: dict[str, dict[str, Any]], label_offset: tuple[float, fl
                                 label_offset=label_offset))
         c = {name: options for name, options in c.items() if name not in ("flip", "rotate90")}
     if "flip" in c:
-        axes = c["flip"]["axes"]
-        if axes not in FLIP_AXES:
-            raise ValueError(f"augmentation 'flip': axes must be one of {', '.join(FLIP_AXES)}, not {axes!r}")
-        t += [flip(p=c["flip"]["p"]) for flip in FLIP_AXES[axes]]
+        t += [flip(p=c["flip"]["p"]) for flip in FLIP_AXES[check_flip_axes(c["flip"]["axes"])]]
     if "rotate90" in c:
         t.append(A.RandomRotate90(p=c["rotate90"]["p"]))
     if "affine" in c:
