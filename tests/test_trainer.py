@@ -84,9 +84,9 @@ def test_trains_and_writes_everything(data: Path, tmp_path: Path) -> None:
     assert np.mean(labels != truth) == pytest.approx(result.best_metrics["val_pixel_error"])
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_resume_equals_uninterrupted(data: Path, tmp_path: Path, workers: int) -> None:
-    overrides = (f"run.workers={workers}", "run.overlays=0")
+@pytest.mark.parametrize(("workers", "ema"), [(0, 0.0), (1, 0.0), (0, 0.9)])
+def test_resume_equals_uninterrupted(data: Path, tmp_path: Path, workers: int, ema: float) -> None:
+    overrides = (f"run.workers={workers}", "run.overlays=0", f"optim.ema={ema}", f"run.precise_bn={4 if ema else 0}")
     whole = Trainer(tiny(data, tmp_path / "whole", *overrides), log=quiet).fit()
     first = Trainer(tiny(data, tmp_path / "split", *overrides), log=quiet).fit(stop_after=1)
     assert json.loads((tmp_path / "split" / "last.state.json").read_text())["epoch"] == 1
@@ -221,3 +221,28 @@ def test_label_offset_reaches_the_augmentation(data: Path, tmp_path: Path) -> No
     dihedral = [t for t in trainer.patches.augmentation.compose.transforms if isinstance(t, OffsetDihedral)]
     assert len(dihedral) == 1 and dihedral[0].label_offset == (-0.6, -0.2)
     assert trainer.patches.reach == trainer.patches.augmentation.reach(trainer.patches.input_size) > 0
+
+
+def test_weight_average_is_what_validation_scores_and_bundles_hold(data: Path, tmp_path: Path) -> None:
+    """``optim.ema``: bundles hold the moving average (precise BN re-estimated for it), not the
+    live weights, and the logged validation numbers are the average's."""
+    trainer = Trainer(tiny(data, tmp_path / "ema", "optim.ema=0.9", "run.precise_bn=4", "run.epochs=2",
+                           "run.overlays=0"), log=quiet)
+    result = trainer.fit()
+    saved = load_file(str(result.last))
+    average, live = trainer.average.model.state_dict(), trainer.model.state_dict()
+    assert [k for k in saved if not torch.equal(saved[k], average[k])] == []
+    weights = [k for k, _ in trainer.model.named_parameters()]
+    assert all(not torch.equal(saved[k], live[k]) for k in weights)
+    image = np.asarray(Image.open(data / "image" / "25.png"))
+    labels = Predictor(result.last, device="cpu").predict(image).labels
+    truth = (np.asarray(Image.open(data / "label" / "25.png")) == 255).astype(np.int64)
+    assert np.mean(labels != truth) == pytest.approx(result.history[-1]["val_pixel_error"])
+
+
+def test_resume_needs_the_runs_own_weight_averaging(data: Path, tmp_path: Path) -> None:
+    Trainer(tiny(data, tmp_path / "run", "run.epochs=1", "run.overlays=0"), log=quiet).fit()
+    with pytest.raises(ValueError, match="saved without optim.ema"):
+        Trainer(tiny(data, tmp_path / "run", "optim.ema=0.9"), log=quiet).fit(resume=True)
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\)"):
+        tiny(data, tmp_path / "bad", "optim.ema=1")

@@ -4,7 +4,9 @@ The model's weights live in the ``last.safetensors`` bundle itself. Everything e
 needs to continue *exactly* is written next to it:
 
 * ``last.state.safetensors`` -- the optimizer's tensors (Adam moments, SGD momentum buffers,
-  step counters), flattened to ``optimizer/<param index>/<name>``;
+  step counters), flattened to ``optimizer/<param index>/<name>``, and, when the bundle holds other
+  weights than the ones being trained (a moving average, :mod:`training.averaging`), the trained
+  model's state as ``model/<name>``;
 * ``last.state.json`` -- the optimizer's non-tensor state (param groups, learning rates), the
   epoch and step counters, elapsed seconds, the early-stopping record and the metric history.
 
@@ -31,6 +33,8 @@ from safetensors.torch import load_file, save_file
 
 #: Separator in flattened optimizer tensor names.
 SEP = "/"
+#: Prefix of the trained model's tensors in the state file.
+MODEL = "model" + SEP
 STATE_SUFFIX = ".state.safetensors"
 JSON_SUFFIX = ".state.json"
 
@@ -69,10 +73,15 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], data: dict[str, Any]) 
     return {"state": state, "param_groups": data["param_groups"]}
 
 
-def save_state(bundle: Path, optimizer: torch.optim.Optimizer, record: dict[str, Any]) -> None:
-    """Write the optimizer state and ``record`` (JSON-able) beside ``bundle``, atomically."""
+def save_state(
+    bundle: Path, optimizer: torch.optim.Optimizer, record: dict[str, Any], model: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Write the optimizer state, ``record`` (JSON-able) and, if given, the trained ``model``'s
+    state dict beside ``bundle``, atomically."""
     tensor_path, json_path = state_paths(bundle)
     tensors, plain = flatten_optimizer(optimizer.state_dict())
+    for name, value in (model or {}).items():
+        tensors[MODEL + name] = value.detach().to("cpu").contiguous()
     temporary = tensor_path.with_name(tensor_path.name + ".tmp")
     save_file(tensors, str(temporary))
     os.replace(temporary, tensor_path)
@@ -82,8 +91,9 @@ def save_state(bundle: Path, optimizer: torch.optim.Optimizer, record: dict[str,
     os.replace(temporary, json_path)
 
 
-def load_state(bundle: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(optimizer state_dict, record)`` saved by :func:`save_state` beside ``bundle``."""
+def load_state(bundle: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """``(optimizer state_dict, record, model state dict)`` saved by :func:`save_state` beside
+    ``bundle``; the model state is empty when none was saved (the bundle holds the trained weights)."""
     tensor_path, json_path = state_paths(bundle)
     for path in (bundle, tensor_path, json_path):
         if not path.is_file():
@@ -91,10 +101,11 @@ def load_state(bundle: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         document = json.loads(json_path.read_text())
         tensors = load_file(str(tensor_path))
+        model = {k[len(MODEL):]: tensors.pop(k) for k in list(tensors) if k.startswith(MODEL)}
         optimizer = unflatten_optimizer(tensors, document.pop("optimizer"))
     except (ValueError, KeyError, OSError) as error:
         raise CheckpointError(f"{json_path}: unreadable resume state ({error})") from None
-    return optimizer, document
+    return optimizer, document, model
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

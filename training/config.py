@@ -108,7 +108,9 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     """Adam, or SGD with momentum (the paper's 0.99); ``schedule`` ``poly`` is nnU-Net's
-    ``lr * (1 - step/steps) ** poly_power``."""
+    ``lr * (1 - step/steps) ** poly_power``. ``ema``: the decay of a moving average of the weights
+    after every step (:mod:`training.averaging`), validated and saved in place of the live weights
+    (0: off; 0.99 averages over about the last 100 steps)."""
 
     name: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
@@ -116,6 +118,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     schedule: Literal["poly", "constant"] = "poly"
     poly_power: float = 0.9
+    ema: float = 0.0
 
 
 @dataclass
@@ -180,6 +183,7 @@ class TrainConfig:
             (self.patch.samples_per_epoch >= 1, "patch.samples_per_epoch", "must be >= 1"),
             (self.optim.lr > 0, "optim.lr", "must be > 0"),
             (0 <= self.optim.momentum < 1, "optim.momentum", "must be in [0, 1)"),
+            (0 <= self.optim.ema < 1, "optim.ema", "must be in [0, 1) (0: no weight averaging)"),
             (self.run.epochs is not None or self.run.max_minutes is not None,
              "run.epochs / run.max_minutes", "set at least one"),
             (self.run.epochs is None or self.run.epochs >= 1, "run.epochs", "must be >= 1"),

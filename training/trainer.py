@@ -53,9 +53,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from training.averaging import WeightAverage
 from training.batchnorm import recompute_batchnorm
 from training.bundle import Bundle, BundleInfo, new_bundle_info, read_bundle_info, save_bundle
-from training.checkpoint import load_optimizer, load_state, save_state
+from training.checkpoint import CheckpointError, load_optimizer, load_state, save_state
 from training.config import LOWER_IS_BETTER, TrainConfig
 from training.data.augment import build_augmentation
 from training.data.dataset import Example, SegmentationFolder
@@ -183,6 +184,7 @@ class Trainer:
         self.patches = self._patches()
         self._clean_patches: PatchDataset | None = None
         self.optimizer = self._optimizer()
+        self.average = WeightAverage(self.model, config.optim.ema) if config.optim.ema else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self._needs_scaler())
         self.info = new_bundle_info(
             self.spec, self.model, list(self.labels.classes), self.normalization, provenance={}, metrics={}
@@ -350,6 +352,8 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.average is not None:
+            self.average.update(self.model, self.step)
         return float(loss.detach())
 
     def _encoder_frozen(self, epoch: int) -> bool:
@@ -357,12 +361,19 @@ class Trainer:
         return n == -1 or epoch < n
 
     # ------------------------------------------------------------------ validation
+    @property
+    def scored_model(self) -> nn.Module:
+        """The weights validation scores and the bundles hold: the moving average with
+        ``optim.ema``, else the live model."""
+        return self.average.model if self.average is not None else self.model
+
     def predictor(self):
-        """A :class:`training.predictor.Predictor` over the live model (what ``tessera predict`` runs)."""
+        """A :class:`training.predictor.Predictor` over :attr:`scored_model` (what ``tessera
+        predict`` runs)."""
         from training.predictor import Predictor
 
         self.info.provenance = self._provenance()
-        return Predictor(Bundle(model=self.model, info=self.info), device=self.device)
+        return Predictor(Bundle(model=self.scored_model, info=self.info), device=self.device)
 
     def validate(self) -> dict[str, float]:
         """Score every validation image, whole, through the predictor (pooled over images); with
@@ -400,7 +411,9 @@ class Trainer:
         batch = self.config.patch.batch_size
         patches = [self._clean_patches[i][0] for i in range(len(self._clean_patches))]
         batches = (torch.stack(patches[i : i + batch]) for i in range(0, len(patches), batch))
-        recompute_batchnorm(self.model, batches, self.device)
+        if self.average is not None:
+            self.average.follow_modes(self.model)
+        recompute_batchnorm(self.scored_model, batches, self.device)
 
     def calibrate(self) -> float:
         """The decision threshold that scores best on ``run.monitor`` (pixel error when it is the
@@ -446,7 +459,7 @@ class Trainer:
         self.info.provenance = self._provenance()
         self.info.metrics = metrics
         self.info.classes = self.class_names
-        return save_bundle(path, self.model, self.info)
+        return save_bundle(path, self.scored_model, self.info)
 
     def _record(self) -> dict[str, Any]:
         return {
@@ -465,8 +478,15 @@ class Trainer:
     def resume(self) -> None:
         """Continue from ``last.safetensors`` and its state in the output folder."""
         last = self.output / LAST
-        optimizer, record = load_state(last)
+        optimizer, record, trained = load_state(last)
         tensors = _bundle_tensors(last)
+        if self.average is not None:
+            if not trained:
+                raise CheckpointError(f"{last}: saved without optim.ema; resume with the run's own config")
+            self.average.model.load_state_dict(tensors, strict=True)
+            tensors = trained
+        elif trained:
+            raise CheckpointError(f"{last}: saved with optim.ema; resume with the run's own config")
         self.model.load_state_dict(tensors, strict=True)
         load_optimizer(self.optimizer, optimizer)
         self.epoch, self.step, self.elapsed = record["epoch"], record["step"], record["elapsed"]
@@ -530,7 +550,8 @@ class Trainer:
                 else:
                     self.bad_epochs += 1
                 self._save(self.output / LAST, _metrics_for_bundle(row))
-                save_state(self.output / LAST, self.optimizer, self._record())
+                trained = self.model.state_dict() if self.average is not None else None
+                save_state(self.output / LAST, self.optimizer, self._record(), trained)
                 self._write_history()
                 self.log(_summary(row, is_best))
                 if progress is not None:
