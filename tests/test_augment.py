@@ -14,7 +14,6 @@ from training.data.augment import (
     DEFAULT_AUGMENTATION,
     GridElastic,
     build_augmentation,
-    dihedral_vector,
     grid_displacement,
     read_config,
     warp_reach,
@@ -162,14 +161,6 @@ def test_flips_and_turns_keep_an_off_centre_labelling(offset):
     out_image, out_labels, _ = plain(image, labels)
     if dy:
         assert not np.array_equal(out_labels[inner], np.roll(out_image > 0.5, (dy, dx), axis=(0, 1))[inner])
-
-
-def test_dihedral_vectors():
-    assert dihedral_vector((1.0, 2.0), False, False, 0) == (1.0, 2.0)
-    assert dihedral_vector((1.0, 2.0), True, False, 0) == (1.0, -2.0)
-    assert dihedral_vector((1.0, 2.0), False, True, 0) == (-1.0, 2.0)
-    assert dihedral_vector((1.0, 0.0), False, False, 1) == (0.0, 1.0)  # np.rot90: down becomes right
-    assert dihedral_vector((1.0, 2.0), False, False, 4) == (1.0, 2.0)
 
 
 def test_label_offset_errors():

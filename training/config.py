@@ -204,7 +204,8 @@ class TrainConfig:
         for ok, key, problem in checks:
             if not ok:
                 raise ConfigError(f"{key}: {problem}")
-        from training.data.augment import check_label_offset, read_config
+        from training.data.augment import read_config
+        from training.label_offset import check_label_offset
 
         try:
             read_config(self.augment)

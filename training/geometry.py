@@ -42,7 +42,9 @@ class TileGeometry:
         padding: ``"valid"`` (unpadded convolutions, output smaller) or ``"same"``.
         depth: number of 2x down-samplings (paper: 4).
         halo: context in pixels per side that a tile needs beyond the pixels it outputs. For valid
-            padding this is exactly ``margin``; for same padding it is the measured receptive border.
+            padding this is ``margin`` (more when outputs are moved after the network, as the
+            predictor's corrected test-time augmentation does); for same padding it is the
+            measured receptive border.
         kind: ``"unet"`` for the classic U-Net arithmetic, ``"stride"`` for networks whose only
             constraint is that sizes are multiples of the stride (segmentation-models-pytorch).
     """
@@ -77,8 +79,9 @@ class TileGeometry:
 
     @property
     def context(self) -> int:
-        """Input pixels per side a tile reads beyond the pixels it outputs (margin or halo)."""
-        return self.margin if self.padding == "valid" else self.halo
+        """Input pixels per side a tile reads beyond the pixels it outputs (the halo, never less
+        than the margin)."""
+        return max(self.margin, self.halo)
 
     # ----------------------------------------------------------------- valid-padding algebra
     # A valid U-Net is fully described by the size b of its bottleneck output: the input is

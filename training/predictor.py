@@ -18,7 +18,9 @@ How it works (see :mod:`training.tiling` for the grid):
 * optionally (``blend="gaussian"``) tiles overlap and are averaged with Gaussian weights in a
   rolling band of rows, for models where exactness cannot hold (see :mod:`training.blending`);
 * probabilities are the softmax over classes (sigmoid for a one-class model), averaged over the
-  test-time augmentations if any; labels are their argmax (``p > 0.5`` for one class), or for a
+  test-time augmentations if any (for a model trained with labels drawn off-centre, each view's
+  probabilities are first moved back where the labels sit, :mod:`training.label_offset`, and
+  tiles read that many more pixels of context); labels are their argmax (``p > 0.5`` for one class), or for a
   bundle with a calibrated decision threshold ``p1 >= threshold`` (:mod:`training.decision`).
 
 :meth:`Predictor.predict_whole` is the reference: ONE forward pass over the whole mirror-padded
@@ -28,6 +30,7 @@ labels); for same-padded models tiles carry a measured halo and agree up to rare
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -45,6 +48,7 @@ from training.decision import check_threshold, decide
 from training.device import BatchRunner, autocast, prepare_model, resolve_device
 from training.geometry import TileGeometry
 from training.images import ImageError, channel_count
+from training.label_offset import bundle_label_offset, correction_reach, shift_maps, view_correction
 from training.mirror import ArrayLike2D, mirror_window
 from training.normalization import Normalization
 from training.readers import fit_channels
@@ -138,6 +142,12 @@ class Predictor:
         caveat = tta_caveat(bundle.info, mode)
         if caveat:
             warnings.warn(caveat, stacklevel=2)
+        self.corrections = tta_corrections(bundle.info, self.transforms)
+        #: The tile geometry: the model's, with the context grown by what the TTA corrections read.
+        self.geometry: TileGeometry = bundle.info.geometry
+        reach = correction_reach(self.corrections or [])
+        if reach:
+            self.geometry = dataclasses.replace(self.geometry, halo=self.geometry.context + reach)
         self.batch_size = batch_size or DEFAULT_BATCH.get(self.device.type, 2)
         self._runner = BatchRunner(self._forward, self.batch_size)
         self.tile = self._resolve_tile(tile)
@@ -149,10 +159,6 @@ class Predictor:
     @property
     def info(self) -> BundleInfo:
         return self.bundle.info
-
-    @property
-    def geometry(self) -> TileGeometry:
-        return self.bundle.info.geometry
 
     @property
     def num_classes(self) -> int:
@@ -285,11 +291,13 @@ class Predictor:
         batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
         total = None
         with torch.inference_mode(), autocast(self.device):
-            for turns, flip in self.transforms:
+            for view, (turns, flip) in enumerate(self.transforms):
                 x = torch.rot90(batch.flip(-1) if flip else batch, turns, dims=(-2, -1))
                 y = self._activation(self.model(x).float())
                 y = torch.rot90(y, -turns, dims=(-2, -1))
                 y = y.flip(-1) if flip else y
+                if self.corrections:
+                    y = shift_maps(y, self.corrections[view])
                 total = y if total is None else total + y
         if len(self.transforms) > 1:
             total = total / len(self.transforms)
@@ -380,17 +388,23 @@ class Predictor:
             blender.finish()
 
 
+def tta_corrections(info: BundleInfo, transforms: list[tuple[int, bool]]) -> list[tuple[float, float]] | None:
+    """Per test-time view, the move that puts its un-viewed probabilities back where a model
+    trained with ``data.label_offset`` draws labels (:func:`training.label_offset.view_correction`);
+    None when there is one view or the labels were centred."""
+    offset = bundle_label_offset(info.provenance)
+    if len(transforms) < 2 or not any(offset):
+        return None
+    return [view_correction(offset, turns, flip) for turns, flip in transforms]
+
+
 def tta_caveat(info: BundleInfo, mode: str) -> str | None:
     """Why test-time augmentation ``mode`` may cost this bundle accuracy, from its training config
-    (provenance): flips or turns it never trained on, or labels drawn off-centre, which a flipped
-    view puts on the other side. None when neither, or when the bundle does not say."""
+    (provenance): flips or turns it never trained on. None when it trained on them, or when the
+    bundle does not say. (Labels drawn off-centre are no caveat: :func:`tta_corrections`.)"""
     if mode == "none":
         return None
     config = (info.provenance or {}).get("config", {})
-    offset = config.get("data", {}).get("label_offset") or [0.0, 0.0]
-    if any(offset):
-        return (f"this model learned labels drawn off-centre (data.label_offset {list(offset)}): test-time "
-                "augmentation's flipped views put them on the other side and blur them")
     if config.get("augment") is None:
         return None
     from training.data.augment import read_config

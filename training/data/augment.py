@@ -69,6 +69,8 @@ import yaml
 from albumentations.augmentations.geometric.distortion import BaseDistortion
 from scipy import ndimage
 
+from training.label_offset import check_label_offset, dihedral_vector
+
 #: The one border mode for every warp: OpenCV's name for training.mirror's mirror.
 BORDER = cv2.BORDER_REFLECT_101
 
@@ -89,8 +91,6 @@ FLIP_AXES = {
     "horizontal": (A.HorizontalFlip,),
     "vertical": (A.VerticalFlip,),
 }
-#: Largest ``label_offset`` component accepted, pixels: labels further off are a registration problem.
-MAX_LABEL_OFFSET = 4.0
 #: Elastic displacements beyond this many sigma are treated as impossible when sizing the context.
 ELASTIC_REACH_SIGMAS = 3.0
 
@@ -165,19 +165,6 @@ def check_flip_axes(axes: str) -> str:
     if axes not in FLIP_AXES:
         raise ValueError(f"augmentation 'flip': axes must be one of {', '.join(FLIP_AXES)}, not {axes!r}")
     return axes
-
-
-def dihedral_vector(vector: tuple[float, float], hflip: bool, vflip: bool, turns: int) -> tuple[float, float]:
-    """Where a displacement ``(dy, dx)`` points after a horizontal flip, a vertical flip and then
-    ``turns`` counter-clockwise quarter turns (``np.rot90``), applied in that order."""
-    dy, dx = vector
-    if hflip:
-        dx = -dx
-    if vflip:
-        dy = -dy
-    for _ in range(turns % 4):
-        dy, dx = -dx, dy
-    return dy, dx
 
 
 def _dihedral(array: np.ndarray, hflip: bool, vflip: bool, turns: int) -> np.ndarray:
@@ -376,17 +363,6 @@ class Augmentation:
             data["weight"] = weight
         out = self.compose(**data)
         return out["image"], out["mask"], out.get("weight")
-
-
-def check_label_offset(values: Sequence[float]) -> tuple[float, float]:
-    """``label_offset`` as ``(dy, dx)`` floats; ValueError naming the problem otherwise."""
-    try:
-        dy, dx = (float(v) for v in values)
-    except (TypeError, ValueError):
-        raise ValueError(f"label_offset must be [dy, dx] in pixels, got {values!r}") from None
-    if not (math.isfinite(dy) and math.isfinite(dx)) or max(abs(dy), abs(dx)) > MAX_LABEL_OFFSET:
-        raise ValueError(f"label_offset {[dy, dx]}: each part must be within +-{MAX_LABEL_OFFSET} px")
-    return dy, dx
 
 
 def build_augmentation(config: Mapping | str | Path | None = None, seed: int | None = None,
