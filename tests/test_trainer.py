@@ -169,6 +169,29 @@ def test_calibrated_threshold_is_chosen_on_training_images_and_recorded(data: Pa
     assert np.mean(labels != truth) == pytest.approx(result.history[-1]["val_pixel_error"])
 
 
+def test_best_bundle_is_calibrated_again_for_test_time_augmentation(data: Path, tmp_path: Path) -> None:
+    from training.decision import CALIBRATION_THRESHOLDS
+
+    result = Trainer(tiny(data, tmp_path / "tta", "run.threshold=calibrate", "run.monitor=pixel_error",
+                          "run.epochs=1", "run.overlays=0"), log=quiet).fit()
+    info = read_bundle_info(result.best)
+    assert set(info.tta_thresholds) == {"flips", "d4"}
+    train = [(np.asarray(Image.open(data / "image" / f"{n}.png")),
+              (np.asarray(Image.open(data / "label" / f"{n}.png")) == 255)) for n in ("0", "1")]
+    for mode, threshold in info.tta_thresholds.items():
+        predictor = Predictor(result.best, device="cpu", tta=mode)
+        assert predictor.threshold == threshold  # the bundle's threshold for this mode
+        probs = [Predictor(result.best, device="cpu", tta=mode, threshold=None).predict(image, probabilities=True)
+                 .probabilities[1] for image, _ in train]
+        errors = {t: sum(np.sum((p >= t) != truth) for p, (_, truth) in zip(probs, train)) for t in CALIBRATION_THRESHOLDS}
+        assert errors[threshold] == min(errors.values())
+    assert Predictor(result.best, device="cpu").threshold == info.threshold
+    # A model that never saw flips or turns gets no thresholds for views it cannot read.
+    plain = Trainer(tiny(data, tmp_path / "plain", "run.threshold=calibrate", "run.epochs=1", "run.overlays=0",
+                         "augment.flip=false", "augment.rotate90=false"), log=quiet).fit()
+    assert read_bundle_info(plain.best).tta_thresholds == {}
+
+
 def test_calibrating_a_three_class_task_is_refused(data: Path, tmp_path: Path) -> None:
     three = tmp_path / "three"
     for kind in ("image", "label"):

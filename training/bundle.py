@@ -65,6 +65,9 @@ class BundleInfo:
     #: Two-class models: class 1 where its probability >= threshold (None: argmax); see
     #: :mod:`training.decision`. Training calibrates it when ``run.threshold`` is ``calibrate``.
     threshold: float | None = None
+    #: The threshold calibrated again with test-time augmentation, by mode (``flips``, ``d4``):
+    #: averaging views changes the probabilities, so the best threshold may move. Empty: none.
+    tta_thresholds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +81,7 @@ class BundleInfo:
             "geometry": self.geometry.to_dict() if self.geometry else None,
             "tile": self.tile,
             "threshold": self.threshold,
+            "tta_thresholds": self.tta_thresholds,
             "provenance": self.provenance,
             "metrics": self.metrics,
         }
@@ -97,6 +101,8 @@ class BundleInfo:
             provenance=dict(data.get("provenance") or {}),
             metrics=dict(data.get("metrics") or {}),
             threshold=check_threshold(data.get("threshold"), len(classes)),
+            tta_thresholds={str(mode): check_threshold(value, len(classes))
+                            for mode, value in (data.get("tta_thresholds") or {}).items()},
         )
 
 

@@ -104,8 +104,8 @@ class Predictor:
             with Gaussian weights, for instance/group-norm models; see :mod:`training.blending`).
         overlap: with ``blend="gaussian"``, the share of a tile's span its neighbour repeats.
         sigma_scale: with ``blend="gaussian"``, the Gaussian's sigma as a share of the span.
-        threshold: two-class models: ``"bundle"`` (the bundle's calibrated threshold, argmax if it
-            has none), ``None`` (argmax) or a probability in [0, 1]: class 1 where ``p1 >=`` it.
+        threshold: two-class models: ``"bundle"`` (the bundle's calibrated threshold -- the one
+            calibrated with this ``tta`` mode when the bundle has it -- argmax if it has none), ``None`` (argmax) or a probability in [0, 1]: class 1 where ``p1 >=`` it.
     """
 
     def __init__(
@@ -152,7 +152,7 @@ class Predictor:
         self._runner = BatchRunner(self._forward, self.batch_size)
         self.tile = self._resolve_tile(tile)
         if threshold == "bundle":
-            threshold = bundle.info.threshold
+            threshold = bundle.info.tta_thresholds.get(mode, bundle.info.threshold)
         self.threshold = check_threshold(threshold, self.num_classes)
 
     # ------------------------------------------------------------------ description

@@ -17,7 +17,8 @@ One :class:`Trainer` runs a :class:`~training.config.TrainConfig`:
   code ``tessera predict`` runs, scored by :mod:`training.metrics`; before it, optionally, precise
   BatchNorm statistics from clean training patches (``run.precise_bn``, :mod:`training.batchnorm`)
   and a decision threshold calibrated on training images (``run.threshold``,
-  :mod:`training.decision`);
+  :mod:`training.decision`); at the end of the run the best bundle's threshold is calibrated
+  again for each test-time augmentation mode the model trained for (``tta_thresholds``);
 * **outputs** in ``run.output``: ``best.safetensors`` and ``last.safetensors`` bundles (provenance:
   command, config, data, seed, times, versions; validation metrics), ``metrics.csv`` and
   ``metrics.json`` (one row per epoch), ``curves.png`` and ``overlays/*.png`` at the end, and the
@@ -71,6 +72,8 @@ from training.seeding import epoch_seed, seed_everything, worker_init_fn
 #: File names inside the output folder.
 BEST, LAST = "best.safetensors", "last.safetensors"
 CSV_NAME, JSON_NAME, CURVES_NAME, OVERLAYS_DIR = "metrics.csv", "metrics.json", "curves.png", "overlays"
+#: Test-time augmentation modes the best bundle's threshold is calibrated for at the end of a run.
+TTA_CALIBRATED = ("flips", "d4")
 #: Training images (evenly spaced) ``run.threshold: calibrate`` chooses the decision threshold on.
 CALIBRATION_IMAGES = 5
 #: Packages whose versions go into every bundle's provenance.
@@ -415,14 +418,15 @@ class Trainer:
             self.average.follow_modes(self.model)
         recompute_batchnorm(self.scored_model, batches, self.device)
 
-    def calibrate(self) -> float:
+    def calibrate(self, predictor=None) -> float:
         """The decision threshold that scores best on ``run.monitor`` (pixel error when it is the
-        loss) over up to :data:`CALIBRATION_IMAGES` training images, predicted whole."""
+        loss) over up to :data:`CALIBRATION_IMAGES` training images, predicted whole by
+        ``predictor`` (default: :meth:`predictor`, no test-time augmentation)."""
         from training.decision import calibrate_threshold
 
         step = max(1, math.ceil(len(self.train_examples) / CALIBRATION_IMAGES))
         examples = self.train_examples[::step]
-        predictor = self.predictor()
+        predictor = predictor or self.predictor()
         probabilities = [predictor.predict(e.image, probabilities=True).probabilities for e in examples]
         targets = [e.target for e in examples]
         key = self.config.run.monitor if self.config.run.monitor != "loss" else "pixel_error"
@@ -605,11 +609,34 @@ class Trainer:
         document = {"history": self.history, "best_epoch": self.best_epoch, "monitor": self.config.run.monitor}
         (self.output / JSON_NAME).write_text(json.dumps(document, indent=1))
 
+    def calibrate_tta(self, path: Path) -> dict[str, float]:
+        """Calibrate the bundle at ``path`` again for each test-time augmentation mode
+        (:data:`TTA_CALIBRATED`) and record the thresholds in it (``tta_thresholds``)."""
+        from training.bundle import load_bundle
+        from training.predictor import Predictor
+
+        from training.predictor import tta_caveat
+
+        bundle = load_bundle(path)
+        thresholds = {
+            mode: self.calibrate(Predictor(bundle, device=self.device, tta=mode, threshold=None))
+            for mode in TTA_CALIBRATED
+            if tta_caveat(bundle.info, mode) is None  # not for views the model never trained on
+        }
+        bundle.info.tta_thresholds = thresholds
+        save_bundle(path, bundle.model, bundle.info)
+        return thresholds
+
     def _finish(self) -> dict[str, Path]:
-        """Curves and overlays (PNG) once training has ended."""
+        """The best bundle's thresholds for test-time augmentation; curves and overlays (PNG)."""
         from training.plots import plot_curves, plot_overlay
 
         files = {"csv": self.output / CSV_NAME, "json": self.output / JSON_NAME}
+        if self.config.run.threshold == "calibrate" and (self.output / BEST).is_file():
+            thresholds = self.calibrate_tta(self.output / BEST)
+            if thresholds:
+                self.log("best bundle, thresholds with test-time augmentation: "
+                         + "  ".join(f"{mode} {value}" for mode, value in thresholds.items()))
         if self.history:
             files["curves"] = plot_curves(self.history, self.output / CURVES_NAME)
         if self.val_examples and self.config.run.overlays and (self.output / BEST).is_file():
