@@ -20,8 +20,9 @@ How it works (see :mod:`training.tiling` for the grid):
 * probabilities are the softmax over classes (sigmoid for a one-class model), averaged over the
   test-time augmentations if any (for a model trained with labels drawn off-centre, each view's
   probabilities are first moved back where the labels sit, :mod:`training.label_offset`, and
-  tiles read that many more pixels of context); labels are their argmax (``p > 0.5`` for one class), or for a
-  bundle with a calibrated decision threshold ``p1 >= threshold`` (:mod:`training.decision`).
+  tiles read that many more pixels of context); labels are their argmax (``p > 0.5`` for one
+  class), or for a bundle with a calibrated decision threshold ``p1 >= threshold``
+  (:mod:`training.decision`; with test-time augmentation the threshold calibrated for it).
 
 :meth:`Predictor.predict_whole` is the reference: ONE forward pass over the whole mirror-padded
 image. For a valid-padded U-Net the tiled result equals it (tests: max |diff| <= 1e-5, identical
@@ -105,7 +106,8 @@ class Predictor:
         overlap: with ``blend="gaussian"``, the share of a tile's span its neighbour repeats.
         sigma_scale: with ``blend="gaussian"``, the Gaussian's sigma as a share of the span.
         threshold: two-class models: ``"bundle"`` (the bundle's calibrated threshold -- the one
-            calibrated with this ``tta`` mode when the bundle has it -- argmax if it has none), ``None`` (argmax) or a probability in [0, 1]: class 1 where ``p1 >=`` it.
+            calibrated with this ``tta`` mode when the bundle has it -- argmax if it has none),
+            ``None`` (argmax) or a probability in [0, 1]: class 1 where ``p1 >=`` it.
     """
 
     def __init__(
