@@ -30,6 +30,7 @@ def test_info_for_a_bundle(capsys, tiny_bundle):
     assert described["normalization"]["mode"] == "image"
     assert described["spec"]["arch"] == "unet"
     assert described["threshold"] is None  # no calibrated threshold: labels are the argmax
+    assert described["tta_thresholds"] == {}
 
 
 def test_info_errors_are_one_line_and_exit_2(tmp_path, capsys):

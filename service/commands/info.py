@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
             "normalization": bundle.info.normalization.to_dict(),
             "tile": bundle.info.tile,
             "threshold": bundle.info.threshold,
+            "tta_thresholds": bundle.info.tta_thresholds,
             "metrics": bundle.info.metrics,
             "provenance": bundle.info.provenance,
         }
