@@ -139,7 +139,7 @@ class Predictor:
                 stacklevel=2,
             )
         self.model = prepare_model(bundle.model, self.device)
-        mode = _tta_mode(tta)
+        mode = tta_mode(tta)
         self.transforms = TTA_MODES[mode]
         caveat = tta_caveat(bundle.info, mode)
         if caveat:
@@ -426,7 +426,8 @@ def tta_caveat(info: BundleInfo, mode: str) -> str | None:
             "it never saw")
 
 
-def _tta_mode(tta: bool | str) -> str:
+def tta_mode(tta: bool | str | None) -> str:
+    """A :data:`TTA_MODES` name from a bool (True: ``d4``) or a mode name; ValueError otherwise."""
     if tta is True:
         return "d4"
     if tta is False or tta is None:

@@ -25,20 +25,9 @@ from service.batch.scheduler import IN_PROCESS, PredictorSpec, file_sha256, open
 from training.blending import DEFAULT_OVERLAP
 from training.bundle import DEFAULT_BUNDLE
 from training.images import DEFAULT_MAX_PIXELS
-from training.predictor import TTA_MODES, Predictor
+from training.predictor import Predictor, tta_mode
 
 __all__ = ["segment_folder", "segment_gigapixel", "FolderReport", "GigapixelReport", "is_gigapixel_source"]
-
-
-def tta_mode(tta: bool | str | None) -> str:
-    """``"none"`` / ``"flips"`` / ``"d4"`` from a bool or a mode name."""
-    if tta is True:
-        return "d4"
-    if tta in (False, None):
-        return "none"
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
-    return str(tta)
 
 
 def prepare(bundle, tile, batch_size, tta, device, blend: str = "none",

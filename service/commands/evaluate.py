@@ -14,6 +14,7 @@ from pathlib import Path
 
 from service.commands.inference import add_threshold_option, parse_threshold, parse_tile
 from training.data.dataset import ISBI_HOLDOUT, SegmentationFolder, isbi2012
+from training.predictor import TTA_MODES
 from training.trainer import select_items
 
 EXAMPLES = """\
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rand-class", help="class whose components the adapted Rand error compares")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tile", help="tile input size, or 'auto' (default: the bundle's)")
-    parser.add_argument("--tta", choices=("none", "flips", "d4"), default="none", help="test-time augmentation")
+    parser.add_argument("--tta", choices=tuple(TTA_MODES), default="none", help="test-time augmentation")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
     add_threshold_option(parser)
     parser.add_argument("--per-image", action="store_true", help="include each image's metrics")
