@@ -88,3 +88,79 @@ def test_corrected_tta_beats_uncorrected_on_isbi_hold_out():
         return float(np.mean([np.mean(predictor.predict(e.image).labels != e.target) for e in examples]))
 
     assert pixel_error(corrected) < pixel_error(uncorrected) - 0.001
+
+
+def structures(seed: int, shape=(160, 170)) -> np.ndarray:
+    """A smooth random field: its low values are the 'structures' masks trace."""
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=shape), 3.0)
+
+
+@pytest.mark.parametrize("offset", [(0.5, -0.25), (-1.3, 0.0), (0.0, 2.4)])
+def test_measure_finds_a_known_offset(offset):
+    from scipy import ndimage
+
+    from training.label_offset import measure_label_offset
+
+    pairs = []
+    for seed in range(3):
+        field = structures(seed)
+        image = (field - field.min()) / np.ptp(field) * 255
+        mask = ndimage.shift(field, offset, order=3, mode="mirror") < np.quantile(field, 0.25)
+        pairs.append((image, mask))
+    pooled, each = measure_label_offset(pairs)
+    assert pooled == pytest.approx(offset, abs=0.15)
+    assert all(o == pytest.approx(offset, abs=0.25) for o in each)
+
+
+def test_measure_refuses_masks_that_do_not_trace_the_images():
+    from training.label_offset import measure_label_offset
+
+    field = structures(0)
+    with pytest.raises(ValueError, match="at the edge of the \\+-4 px searched"):
+        measure_label_offset([(field, np.roll(field < 0, (7, 0), axis=(0, 1)))])
+    with pytest.raises(ValueError, match="no images"):
+        measure_label_offset([])
+    with pytest.raises(ValueError, match="differ in size"):
+        measure_label_offset([(field, field[:-1] < 0)])
+
+
+def test_isbi_labels_sit_above_and_left_of_the_membranes():
+    """What the recipe's ``data.label_offset: [-0.6, -0.2]`` comes from (slices 0-24)."""
+    from training.data.dataset import ISBI_TRAIN
+    from training.label_offset import measure_label_offset
+
+    examples = isbi2012(ISBI_TRAIN).load_all()
+    pooled, each = measure_label_offset([(e.image, e.target == 0) for e in examples])
+    assert pooled == pytest.approx((-0.6, -0.15), abs=0.05)
+    assert all(-0.85 < dy < -0.35 and -0.45 < dx < 0.05 for dy, dx in each)
+
+
+def test_label_offset_command(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from service.cli import main
+
+    for kind in ("image", "mask"):
+        (tmp_path / kind).mkdir()
+    from scipy import ndimage
+
+    for seed in range(2):
+        field = structures(seed)
+        image = ((field - field.min()) / np.ptp(field) * 255).astype(np.uint8)
+        mask = (ndimage.shift(field, (1.0, 0.0), order=3, mode="mirror") < np.quantile(field, 0.25)).astype(np.uint8)
+        Image.fromarray(image).save(tmp_path / "image" / f"{seed}.png")
+        Image.fromarray(mask * 255).save(tmp_path / "mask" / f"{seed}.png")
+    folders = ["--images", str(tmp_path / "image"), "--masks", str(tmp_path / "mask")]
+    assert main(["label-offset", *folders, "--per-image"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["label_offset"] == pytest.approx([1.0, 0.0], abs=0.15)
+    assert result["images"] == 2 and set(result["per_image"]) == {"0", "1"}
+    assert result["config"].startswith("data.label_offset: [")
+    assert main(["label-offset", *folders, "--class", "nope"]) == 2
+    assert "--class 'nope' is not one of the classes" in capsys.readouterr().err
+    assert main(["label-offset", "--images", str(tmp_path / "image")]) == 2
+    assert "give both --images and --masks" in capsys.readouterr().err

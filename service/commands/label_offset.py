@@ -1,0 +1,77 @@
+"""``tessera label-offset``: measure how far masks sit off the structures they trace, as JSON.
+
+Flips and 90-degree turns assume labels centred on what they trace; some data sets draw them a
+fraction of a pixel off (ISBI 2012: 0.6 px above the membranes), and a model trained on plainly
+flipped copies then misses the labels along every edge. This command finds the offset -- the
+peak of the cross-correlation of image intensity with one class's masks, refined to sub-pixel
+precision (:func:`training.label_offset.measure_label_offset`) -- and prints the line to put in a
+training config, ``data.label_offset: [dy, dx]`` (pixels; negative: up / left).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from training.data.dataset import ISBI_TRAIN, SegmentationFolder, isbi2012
+from training.trainer import select_items
+
+EXAMPLES = """\
+examples:
+  tessera label-offset                                 the shipped ISBI 2012 training slices 0-24
+  tessera label-offset --images data/img --masks data/mask --class membrane
+  tessera label-offset --images data/img --masks data/mask --select 0-9
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "label-offset",
+        help="measure how far masks sit off what they trace (JSON)",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--images", help="folder of images (default: the shipped ISBI 2012 training slices)")
+    parser.add_argument("--masks", help="folder of masks, paired by file stem")
+    parser.add_argument("--select", help="stems, or ranges of positions, e.g. '0-24' or '7,img_3' (default: all)")
+    parser.add_argument("--class", dest="class_name",
+                        help="the class whose masks are compared with the images (default: the rarest class, "
+                             "usually the thin structures the offset matters for)")
+    parser.add_argument("--per-image", action="store_true", help="include each image's own offset")
+    parser.set_defaults(handler=run)
+
+
+def dataset(args: argparse.Namespace) -> SegmentationFolder:
+    if bool(args.images) != bool(args.masks):
+        raise ValueError("give both --images and --masks (or neither, for the ISBI training slices)")
+    if args.images:
+        folder = SegmentationFolder(args.images, args.masks)
+        return folder.select(select_items(args.select.split(","))) if args.select else folder
+    return isbi2012(args.select or ISBI_TRAIN)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from training.label_offset import measure_label_offset
+
+    folder = dataset(args)
+    examples = folder.load_all()
+    if not examples:
+        raise ValueError("no images selected")
+    classes = list(folder.labels.classes)
+    if args.class_name is not None and args.class_name not in classes:
+        raise ValueError(f"--class {args.class_name!r} is not one of the classes: {', '.join(classes)}")
+    if args.class_name is None:
+        counts = sum(np.bincount(e.target[e.target >= 0].ravel(), minlength=len(classes)) for e in examples)
+        index = int(np.argmin(counts))
+    else:
+        index = classes.index(args.class_name)
+    offset, each = measure_label_offset([(e.image, e.target == index) for e in examples])
+    result = {"label_offset": list(offset), "class": classes[index], "images": len(examples),
+              "config": f"data.label_offset: [{offset[0]}, {offset[1]}]"}
+    if args.per_image:
+        result["per_image"] = {e.name: (list(o) if o else None) for e, o in zip(examples, each)}
+    print(json.dumps(result, indent=2))
+    return 0
