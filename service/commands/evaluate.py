@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 from service.commands.inference import add_threshold_option, parse_threshold, parse_tile
-from training.data.dataset import ISBI_HOLDOUT, SegmentationFolder, isbi2012
+from service.commands.labelled import add_dataset_options, labelled_folder
+from training.data.dataset import ISBI_HOLDOUT
 from training.predictor import TTA_MODES
-from training.trainer import select_items
 
 EXAMPLES = """\
 examples:
@@ -36,10 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("bundle", nargs="?", help="a bundle file (default: the shipped model)")
-    parser.add_argument("--images", help="folder of images (default with --isbi or no folders: ISBI 2012)")
-    parser.add_argument("--masks", help="folder of masks, paired by file stem")
+    add_dataset_options(parser, "the shipped ISBI 2012 hold-out slices 25-29")
     parser.add_argument("--isbi", action="store_true", help="the shipped ISBI 2012 hold-out slices 25-29")
-    parser.add_argument("--select", help="stems, or ranges of positions, to score, e.g. '25-29' or '7,img_3' (default: all)")
     parser.add_argument("--overlays", help="folder for one overlay PNG per image")
     parser.add_argument("--rand-class", help="class whose components the adapted Rand error compares")
     parser.add_argument("--device", default="auto")
@@ -49,16 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_threshold_option(parser)
     parser.add_argument("--per-image", action="store_true", help="include each image's metrics")
     parser.set_defaults(handler=run)
-
-
-def dataset(args: argparse.Namespace) -> SegmentationFolder:
-    """The folder to score, from ``--images/--masks`` or the ISBI hold-out."""
-    if bool(args.images) != bool(args.masks):
-        raise ValueError("give both --images and --masks (or neither, for the ISBI hold-out)")
-    if args.images:
-        folder = SegmentationFolder(args.images, args.masks)
-        return folder.select(select_items(args.select.split(","))) if args.select else folder
-    return isbi2012(args.select or ISBI_HOLDOUT)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.bundle}: no such bundle file")
     result = evaluate_bundle(
         args.bundle,
-        dataset(args),
+        labelled_folder(args, ISBI_HOLDOUT),
         device=args.device,
         tile=tile,
         tta=args.tta,

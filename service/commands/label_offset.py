@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from training.data.dataset import ISBI_TRAIN, SegmentationFolder, isbi2012
-from training.trainer import select_items
+from service.commands.labelled import add_dataset_options, labelled_folder
+from training.data.dataset import ISBI_TRAIN
 
 EXAMPLES = """\
 examples:
@@ -32,9 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--images", help="folder of images (default: the shipped ISBI 2012 training slices)")
-    parser.add_argument("--masks", help="folder of masks, paired by file stem")
-    parser.add_argument("--select", help="stems, or ranges of positions, e.g. '0-24' or '7,img_3' (default: all)")
+    add_dataset_options(parser, "the shipped ISBI 2012 training slices 0-24")
     parser.add_argument("--class", dest="class_name",
                         help="the class whose masks are compared with the images (default: the rarest class, "
                              "usually the thin structures the offset matters for)")
@@ -42,21 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
-def dataset(args: argparse.Namespace) -> SegmentationFolder:
-    if bool(args.images) != bool(args.masks):
-        raise ValueError("give both --images and --masks (or neither, for the ISBI training slices)")
-    if args.images:
-        folder = SegmentationFolder(args.images, args.masks)
-        return folder.select(select_items(args.select.split(","))) if args.select else folder
-    return isbi2012(args.select or ISBI_TRAIN)
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from training.label_offset import measure_label_offset
 
-    folder = dataset(args)
+    folder = labelled_folder(args, ISBI_TRAIN)
     examples = folder.load_all()
     if not examples:
         raise ValueError("no images selected")
