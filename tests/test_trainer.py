@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,17 @@ def test_resume_equals_uninterrupted(data: Path, tmp_path: Path, workers: int, e
 def test_resume_without_state_is_a_clear_error(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="last.safetensors: missing, cannot resume"):
         Trainer(tiny(data, tmp_path / "none"), log=quiet).fit(resume=True)
+
+
+def test_poly_rate_follows_the_wall_clock_of_a_time_budget(data: Path, tmp_path: Path) -> None:
+    # 150 s before a resume and 150 s since, no training step yet: half of a 10-minute budget.
+    trainer = Trainer(tiny(data, tmp_path / "clock", "run.max_minutes=10"), log=quiet)
+    assert trainer.progress() == 0 and trainer.learning_rate() == pytest.approx(0.01)
+    trainer.wall = 150.0
+    trainer._wall_start = time.monotonic() - 150.0
+    assert trainer.elapsed == 0
+    assert trainer.progress() == pytest.approx(0.5, abs=0.01)
+    assert trainer.learning_rate() == pytest.approx(0.01 * 0.5**0.9, rel=0.02)
 
 
 def test_early_stopping(data: Path, tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ One :class:`Trainer` runs a :class:`~training.config.TrainConfig`:
   paper's weight map and the albumentations pipeline (:mod:`training.data.augment`), DataLoader
   workers seeded by :func:`training.seeding.worker_init_fn`;
 * **optimisation** -- Adam or SGD (momentum 0.99 by default), learning rate constant or poly
-  ``lr * (1 - progress) ** 0.9`` where progress is the larger of the epoch and the training-time share
-  of the budget; loss from :mod:`training.losses`; channels_last, and autocast as ``run.precision``
+  ``lr * (1 - progress) ** 0.9`` where progress is the larger of the step share and the wall-clock
+  share of ``run.max_minutes`` (validation included, so the rate reaches 0 when the budget ends); loss from :mod:`training.losses`; channels_last, and autocast as ``run.precision``
   asks (mixed precision on CUDA by default, bf16 on the CPU on request; :mod:`training.device`);
 * **validation** -- whole hold-out images through :class:`training.predictor.Predictor`, the very
   code ``tessera predict`` runs, scored by :mod:`training.metrics`; before it, optionally, precise
@@ -197,6 +197,7 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.wall = 0.0
+        self._wall_start: float | None = None
         self.best_score: float | None = None
         self.best_epoch = 0
         self.bad_epochs = 0
@@ -252,14 +253,22 @@ class Trainer:
         return -(-self.config.patch.samples_per_epoch // self.config.patch.batch_size)
 
     # ------------------------------------------------------------------ schedule
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds this run has used, over all its resumed parts, validation included."""
+        running = time.monotonic() - self._wall_start if self._wall_start is not None else 0.0
+        return self.wall + running
+
     def progress(self) -> float:
-        """Share of the budget used: the larger of the step and the wall-time shares (0..1)."""
+        """Share of the budget used (0..1): the larger of the step share and the wall-clock share
+        of ``run.max_minutes``. The wall clock is what the deadline counts, so with a time budget
+        the poly rate reaches 0 as the run ends (training time alone would leave it at
+        ``(validation share) ** 0.9`` of the peak)."""
         r = self.config.run
         shares = [0.0]
         if r.epochs:
             shares.append(self.step / (r.epochs * self.steps_per_epoch))
         if r.max_minutes:
-            shares.append(self.elapsed / (60 * r.max_minutes))
+            shares.append(self.wall_seconds() / (60 * r.max_minutes))
         return min(1.0, max(shares))
 
     def learning_rate(self) -> float:
@@ -470,7 +479,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "elapsed": self.elapsed,
-            "wall": self.wall + (time.monotonic() - self._wall_start),
+            "wall": self.wall_seconds(),
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
