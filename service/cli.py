@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("train", "train a segmentation model (YAML config + overrides)"),
     "train-classifier": ("train_classifier", "train a backbone as an image classifier (class sub-folders)"),
     "evaluate": ("evaluate", "metrics of a bundle on images with masks (JSON)"),
+    "calibrate": ("calibrate", "choose a bundle's decision threshold on images with masks"),
     "label-offset": ("label_offset", "measure how far masks sit off what they trace (JSON)"),
     "predict": ("predict", "segment an image of any size (exact tiled inference)"),
     "batch": ("batch", "segment a folder of images or one gigapixel image (resumable, Dask)"),

@@ -93,3 +93,53 @@ def test_evaluate_and_classifier_errors(tmp_path: Path, capsys: pytest.CaptureFi
     assert "--tile must be a number of pixels or 'auto', not 'big'" in capsys.readouterr().err
     assert main(["train-classifier", str(tmp_path), "--output", str(tmp_path / "c.safetensors")]) == 2
     assert "at least 2" in capsys.readouterr().err
+
+
+def test_calibrate_chooses_the_threshold_on_the_images_given(data: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from training.decision import CALIBRATION_THRESHOLDS
+    from training.predictor import Predictor
+
+    trained = tmp_path / "model.safetensors"
+    assert main(["train", "--config", str(data / "tiny.yaml"), "--output", str(tmp_path / "run"), "--no-progress",
+                 "--set", "optim.lr=0.01", "--export", str(trained)]) == 0
+    capsys.readouterr()
+    before = trained.read_bytes()
+    out = tmp_path / "calibrated.safetensors"
+    images = ["--images", str(data / "image"), "--masks", str(data / "label"), "--select", "3"]
+    assert main(["calibrate", str(trained), "-o", str(out), *images, "--tta", "flips", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert trained.read_bytes() == before  # the input bundle is untouched
+    # The threshold with the fewest wrong pixels on image 3 (ties: nearest 0.5), found by hand.
+    image = np.asarray(Image.open(data / "image" / "3.png"))
+    truth = np.asarray(Image.open(data / "label" / "3.png")) == 255
+    for mode, chosen in (("none", report["threshold"]), ("flips", report["tta_thresholds"]["flips"])):
+        p = Predictor(trained, device="cpu", tta=mode, threshold=None).predict(image, probabilities=True).probabilities[1]
+        errors = {t: int(np.sum((p >= t) != truth)) for t in sorted(CALIBRATION_THRESHOLDS, key=lambda t: abs(t - 0.5))}
+        assert chosen == min(errors, key=errors.get)
+        assert report["scores"][mode] == pytest.approx(errors[chosen] / truth.size)
+    info = read_bundle_info(out)
+    assert (info.threshold, info.tta_thresholds) == (report["threshold"], {"flips": report["tta_thresholds"]["flips"]})
+    assert info.provenance["calibration"]["by"] == "pixel_error" and info.provenance["calibration"]["images"] == ["3"]
+    # evaluate uses the new threshold: on the calibration image it scores the calibrated figure.
+    assert main(["evaluate", str(out), *images, "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["pixel_error"] == pytest.approx(report["scores"]["none"])
+
+
+def test_calibrate_errors(data: Path, tmp_path: Path, tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.safetensors"
+    assert main(["calibrate", str(tmp_path / "absent.safetensors"), "-o", str(out)]) == 2
+    assert "no such bundle file" in capsys.readouterr().err
+    assert main(["calibrate", str(tiny_bundle), "-o", str(tmp_path / "out.pt")]) == 2
+    assert "bundle files end in .safetensors" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["calibrate", str(tiny_bundle), "-o", str(out), "--by", "loss"])
+    assert "invalid choice: 'loss'" in capsys.readouterr().err
+    three = tmp_path / "three"
+    for kind in ("image", "label"):
+        (three / kind).mkdir(parents=True)
+        Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8)).save(three / kind / "a.png")
+    assert main(["calibrate", str(tiny_bundle), "-o", str(out), "--images", str(three / "image"),
+                 "--masks", str(three / "label")]) == 2
+    assert "the masks have 3 classes" in capsys.readouterr().err
+    assert not out.exists()

@@ -148,8 +148,11 @@ def test_frozen_encoder_does_not_change(data: Path, tmp_path: Path) -> None:
 
 
 def test_calibrated_threshold_is_chosen_on_training_images_and_recorded(data: Path, tmp_path: Path) -> None:
-    trainer = Trainer(tiny(data, tmp_path / "cal", "run.threshold=calibrate", "run.monitor=pixel_error",
-                           "run.epochs=2", "run.overlays=0", "run.precise_bn=4"), log=quiet)
+    # The Rand error picks the epoch, pixel error the threshold (run.calibrate_by).
+    trainer = Trainer(tiny(data, tmp_path / "cal", "run.threshold=calibrate", "run.monitor=rand_error",
+                           "run.calibrate_by=pixel_error", "run.epochs=2", "run.overlays=0", "run.precise_bn=4"),
+                      log=quiet)
+    assert trainer.calibration_metric == "pixel_error"
     result = trainer.fit()
     # Precise BatchNorm: the saved statistics are the exact ones of the saved weights over the
     # run's clean patches (recomputing them changes nothing), not the training-time averages.

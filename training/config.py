@@ -129,9 +129,10 @@ class RunConfig:
     least one must be set); ``patience`` epochs without a better validation score stop early (0:
     off). ``threads`` sets torch's intra-op threads (0: torch's default). ``threshold``: two-class
     tasks, how labels come from probabilities: ``argmax``, or ``calibrate`` -- at every validation
-    the decision threshold that scores best on ``monitor`` (pixel error for ``loss``) over up to
-    five *training* images, whole and un-augmented, is chosen, used for that validation and
-    recorded in the bundles (:mod:`training.decision`). ``precise_bn``: before every validation,
+    the decision threshold that scores best on ``calibrate_by`` (default: ``monitor``; pixel error
+    for ``loss``) over up to five *training* images, whole and un-augmented, is chosen, used for
+    that validation and recorded in the bundles (:mod:`training.decision`); the monitor still
+    picks the best epoch. ``precise_bn``: before every validation,
     re-estimate BatchNorm statistics as the exact mean over this many un-augmented training
     patches (0: keep the training-time moving averages; :mod:`training.batchnorm`).
     ``precision`` of the training steps (:func:`training.device.autocast_dtype`): ``auto`` (mixed
@@ -153,6 +154,7 @@ class RunConfig:
     progress: bool = True
     overlays: int = 2
     threshold: Literal["argmax", "calibrate"] = "argmax"
+    calibrate_by: str | None = None
     precise_bn: int = 0
     precision: str = "auto"
 
@@ -175,6 +177,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Cross-field checks beyond types; returns ``self``."""
         from training.device import PRECISIONS
+        from training.evaluate import CALIBRATION_METRICS
 
         checks = [
             (bool(self.data.images) and bool(self.data.masks), "data.images and data.masks", "are required"),
@@ -200,6 +203,8 @@ class TrainConfig:
             (self.run.precise_bn >= 0, "run.precise_bn", "must be >= 0"),
             (self.run.precision in PRECISIONS, "run.precision", f"must be one of {', '.join(PRECISIONS)}"),
             (self.run.monitor in MONITORS, "run.monitor", f"must be one of {', '.join(MONITORS)}"),
+            (self.run.calibrate_by in (None, *CALIBRATION_METRICS), "run.calibrate_by",
+             f"must be one of {', '.join(CALIBRATION_METRICS)}"),
         ]
         for ok, key, problem in checks:
             if not ok:

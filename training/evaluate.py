@@ -8,6 +8,10 @@ numbers a run logs are the numbers ``tessera evaluate`` reports.
 
 Metric names (flat): ``pixel_error``, ``dice``, ``iou`` (means over classes), ``dice_<class>``,
 ``iou_<class>``, ``rand_error`` (two-class tasks, or when an interior class is named).
+
+:func:`calibrate` chooses a two-class model's decision threshold on labelled images by one of
+:data:`CALIBRATION_METRICS`; the trainer (``run.threshold: calibrate``) and ``tessera calibrate``
+both use it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ import numpy as np
 
 from training.bundle import Bundle, load_bundle
 from training.data.dataset import Example, SegmentationFolder
+from training.decision import CALIBRATION_THRESHOLDS, calibrate_threshold
 from training.metrics import MetricAccumulator
+
+
+#: Metrics a decision threshold can be calibrated by -> whether lower is better.
+CALIBRATION_METRICS = {"pixel_error": True, "rand_error": True, "dice": False, "iou": False}
 
 
 def interior_class(classes: Sequence[str], name: str | None = None) -> int | None:
@@ -76,11 +85,8 @@ def evaluate_bundle(
     interior = interior_class(classes, rand_class)
     folder = examples if isinstance(examples, SegmentationFolder) else None
     count = len(examples)
-    if folder is not None and folder.labels.num_classes != len(classes):
-        raise ValueError(
-            f"the masks have {folder.labels.num_classes} classes ({', '.join(folder.labels.classes)}), "
-            f"the model predicts {len(classes)} ({', '.join(classes)})"
-        )
+    if folder is not None:
+        check_classes(folder, classes)
     total = MetricAccumulator(classes, interior)
     per_image = []
     start = time.monotonic()
@@ -104,3 +110,44 @@ def evaluate_bundle(
         "images": per_image,
         "seconds": round(time.monotonic() - start, 2),
     }
+
+
+def check_classes(folder: SegmentationFolder, classes: Sequence[str]) -> None:
+    """A ValueError unless the masks in ``folder`` have as many classes as the model predicts."""
+    if folder.labels.num_classes != len(classes):
+        raise ValueError(
+            f"the masks have {folder.labels.num_classes} classes ({', '.join(folder.labels.classes)}), "
+            f"the model predicts {len(classes)} ({', '.join(classes)})"
+        )
+
+
+def calibrate(
+    predictor: Any,
+    examples: Sequence[Example],
+    metric: str,
+    interior: int | None = None,
+    thresholds: Sequence[float] = CALIBRATION_THRESHOLDS,
+) -> tuple[float, float]:
+    """The decision threshold (class 1 where ``p1 >= t``) whose labels score best on ``metric``
+    over ``examples``, each predicted whole by ``predictor`` (a two-class
+    :class:`~training.predictor.Predictor`, with the test-time augmentation it will be used
+    with), and that score. Scores pool the examples as :func:`score` does; ties go to the
+    threshold nearest 0.5 (:func:`training.decision.calibrate_threshold`)."""
+    if metric not in CALIBRATION_METRICS:
+        raise ValueError(f"cannot calibrate by {metric!r}; choose one of {', '.join(CALIBRATION_METRICS)}")
+    classes = list(predictor.info.classes)
+    if len(classes) != 2:
+        raise ValueError(f"a decision threshold needs a two-class model; this one has {len(classes)} classes")
+    if not examples:
+        raise ValueError("no labelled images to calibrate the threshold on")
+    if metric == "rand_error" and interior is None:
+        interior = interior_class(classes)
+    probabilities = [predictor.predict(e.image, probabilities=True).probabilities for e in examples]
+    targets = [e.target for e in examples]
+    sign = 1.0 if CALIBRATION_METRICS[metric] else -1.0
+
+    def loss(labels: list[np.ndarray]) -> float:
+        return sign * score(labels, targets, classes, interior)[metric]
+
+    threshold, value = calibrate_threshold(probabilities, loss, thresholds)
+    return threshold, sign * value

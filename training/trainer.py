@@ -64,7 +64,7 @@ from training.data.dataset import Example, SegmentationFolder
 from training.data.patches import UNIFORM_WEIGHTS, PatchDataset, WeightMapConfig, dataset_normalization
 from training.device import autocast, autocast_dtype, resolve_device
 from training.losses import build_loss
-from training.evaluate import interior_class, score
+from training.evaluate import calibrate, interior_class, score
 from training.models import build_model, load_encoder_weights, parse_arch
 from training.normalization import Normalization
 from training.seeding import epoch_seed, seed_everything, worker_init_fn
@@ -428,23 +428,19 @@ class Trainer:
         recompute_batchnorm(self.scored_model, batches, self.device)
 
     def calibrate(self, predictor=None) -> float:
-        """The decision threshold that scores best on ``run.monitor`` (pixel error when it is the
-        loss) over up to :data:`CALIBRATION_IMAGES` training images, predicted whole by
-        ``predictor`` (default: :meth:`predictor`, no test-time augmentation)."""
-        from training.decision import calibrate_threshold
-
+        """The decision threshold that scores best on ``run.calibrate_by`` (default: the monitor;
+        pixel error when that is the loss) over up to :data:`CALIBRATION_IMAGES` training images,
+        predicted whole by ``predictor`` (default: :meth:`predictor`, no test-time augmentation)."""
         step = max(1, math.ceil(len(self.train_examples) / CALIBRATION_IMAGES))
-        examples = self.train_examples[::step]
         predictor = predictor or self.predictor()
-        probabilities = [predictor.predict(e.image, probabilities=True).probabilities for e in examples]
-        targets = [e.target for e in examples]
-        key = self.config.run.monitor if self.config.run.monitor != "loss" else "pixel_error"
-        sign = 1.0 if key in LOWER_IS_BETTER else -1.0
+        threshold, _ = calibrate(predictor, self.train_examples[::step], self.calibration_metric, self.interior_class)
+        return threshold
 
-        def loss(labels: list[np.ndarray]) -> float:
-            return sign * score(labels, targets, self.class_names, self.interior_class)[key]
-
-        return calibrate_threshold(probabilities, loss)[0]
+    @property
+    def calibration_metric(self) -> str:
+        """What ``run.threshold: calibrate`` chooses the threshold by (see :meth:`calibrate`)."""
+        r = self.config.run
+        return r.calibrate_by or (r.monitor if r.monitor != "loss" else "pixel_error")
 
     # ------------------------------------------------------------------ bundles and state
     def _provenance(self) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""``tessera calibrate``: choose a two-class bundle's decision threshold on images with masks.
+
+A pixel is class 1 (ISBI: ``cell``) where its probability is at or above the threshold. Each
+image is predicted whole through the same tiled Predictor as ``tessera predict``, and the
+threshold among 0.05, 0.10, ..., 0.95 that scores best on ``--by`` is written into a copy of the
+bundle (``-o``), once without test-time augmentation and once for each ``--tta`` mode (averaged
+views change the probabilities). Training does the same with ``run.threshold: calibrate``; this
+command re-chooses after the fact, by another metric or on other images. Calibrate on images the
+model trained on or on a calibration set, never on the images you report figures for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from service.commands.labelled import add_dataset_options, labelled_folder
+from training.data.dataset import ISBI_CALIBRATION
+from training.evaluate import CALIBRATION_METRICS
+
+EXAMPLES = """\
+examples:
+  tessera calibrate runs/isbi2012/best.safetensors -o model.safetensors --by pixel_error
+      the shipped ISBI 2012 training slices 0, 5, 10, 15, 20, as training calibrates
+  tessera calibrate model.safetensors -o calibrated.safetensors --images data/img --masks data/mask \\
+      --select 0-9 --by rand_error --tta flips --tta d4
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="choose a bundle's decision threshold on images with masks",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("bundle", help="a two-class bundle file")
+    parser.add_argument("-o", "--output", required=True, help="the calibrated bundle to write (.safetensors)")
+    add_dataset_options(parser, "the shipped ISBI 2012 training slices 0, 5, 10, 15, 20")
+    parser.add_argument("--by", choices=tuple(CALIBRATION_METRICS), default="pixel_error",
+                        help="the metric the threshold is chosen by (default: pixel_error)")
+    parser.add_argument("--tta", action="append", choices=("flips", "d4"), default=None,
+                        help="also calibrate for this test-time augmentation (repeatable; default: the "
+                             "modes the bundle already has thresholds for)")
+    parser.add_argument("--rand-class", help="class whose components the adapted Rand error compares")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.bundle import SUFFIX, load_bundle, save_bundle
+    from training.device import set_cpu_threads
+    from training.evaluate import calibrate, check_classes, interior_class
+    from training.predictor import Predictor, tta_caveat
+
+    if not Path(args.bundle).is_file():
+        raise ValueError(f"{args.bundle}: no such bundle file")
+    if Path(args.output).suffix != SUFFIX:
+        raise ValueError(f"{args.output}: bundle files end in {SUFFIX}")
+    if args.threads:
+        set_cpu_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    folder = labelled_folder(args, ISBI_CALIBRATION)
+    check_classes(folder, bundle.info.classes)
+    examples = [folder.load(index) for index in range(len(folder))]
+    interior = interior_class(bundle.info.classes, args.rand_class)
+    modes = args.tta if args.tta is not None else sorted(bundle.info.tta_thresholds)
+    scores: dict[str, float] = {}
+    thresholds: dict[str, float] = {}
+    for mode in ("none", *dict.fromkeys(modes)):
+        caveat = tta_caveat(bundle.info, mode)
+        if caveat is not None:
+            print(f"tessera calibrate: warning: --tta {mode}: {caveat}", file=sys.stderr)
+        predictor = Predictor(bundle, device=args.device, tta=mode, threshold=None)
+        thresholds[mode], scores[mode] = calibrate(predictor, examples, args.by, interior)
+    info = bundle.info
+    info.threshold = thresholds.pop("none")
+    info.tta_thresholds = thresholds
+    info.provenance["calibration"] = {
+        "by": args.by,
+        "images": [e.name for e in examples],
+        "threshold": info.threshold,
+        "tta_thresholds": thresholds,
+        "scores": scores,
+        "from": str(args.bundle),
+    }
+    path = save_bundle(args.output, bundle.model, info)
+    print(json.dumps({"bundle": str(path), **info.provenance["calibration"]}, indent=2))
+    return 0
