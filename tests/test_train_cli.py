@@ -121,6 +121,9 @@ def test_calibrate_chooses_the_threshold_on_the_images_given(data: Path, tmp_pat
     info = read_bundle_info(out)
     assert (info.threshold, info.tta_thresholds) == (report["threshold"], {"flips": report["tta_thresholds"]["flips"]})
     assert info.provenance["calibration"]["by"] == "pixel_error" and info.provenance["calibration"]["images"] == ["3"]
+    old = read_bundle_info(trained)
+    assert info.provenance["calibration"]["replaced"] == {"threshold": old.threshold, "tta_thresholds": old.tta_thresholds}
+    assert info.metrics == old.metrics  # what training logged, at the replaced threshold
     # evaluate uses the new threshold: on the calibration image it scores the calibrated figure.
     assert main(["evaluate", str(out), *images, "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["metrics"]["pixel_error"] == pytest.approx(report["scores"]["none"])

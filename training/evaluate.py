@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from training.bundle import Bundle, load_bundle
 from training.data.dataset import Example, SegmentationFolder
 from training.decision import CALIBRATION_THRESHOLDS, calibrate_threshold
 from training.metrics import MetricAccumulator
+
+if TYPE_CHECKING:
+    from training.predictor import Predictor
 
 
 #: Metrics a decision threshold can be calibrated by -> whether lower is better.
@@ -122,7 +125,7 @@ def check_classes(folder: SegmentationFolder, classes: Sequence[str]) -> None:
 
 
 def calibrate(
-    predictor: Any,
+    predictor: Predictor,
     examples: Sequence[Example],
     metric: str,
     interior: int | None = None,

@@ -6,7 +6,9 @@ threshold among 0.05, 0.10, ..., 0.95 that scores best on ``--by`` is written in
 bundle (``-o``), once without test-time augmentation and once for each ``--tta`` mode (averaged
 views change the probabilities). Training does the same with ``run.threshold: calibrate``; this
 command re-chooses after the fact, by another metric or on other images. Calibrate on images the
-model trained on or on a calibration set, never on the images you report figures for.
+model trained on or on a calibration set, never on the images you report figures for. The
+bundle's ``metrics`` stay the ones training logged, at the thresholds recorded as ``replaced`` in
+``provenance.calibration``; ``tessera evaluate`` scores the new ones.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor(bundle, device=args.device, tta=mode, threshold=None)
         thresholds[mode], scores[mode] = calibrate(predictor, examples, args.by, interior)
     info = bundle.info
+    replaced = {"threshold": info.threshold, "tta_thresholds": info.tta_thresholds}
     info.threshold = thresholds.pop("none")
     info.tta_thresholds = thresholds
     info.provenance["calibration"] = {
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         "tta_thresholds": thresholds,
         "scores": scores,
         "from": str(args.bundle),
+        "replaced": replaced,
     }
     path = save_bundle(args.output, bundle.model, info)
     print(json.dumps({"bundle": str(path), **info.provenance["calibration"]}, indent=2))
