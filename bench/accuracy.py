@@ -11,7 +11,11 @@ augmentation (``tta_d4``: 8 flips and turns, each corrected for the labels' offs
 on the same model, patch size, batch and precision (pre-made tensors, no data pipeline) -- the data pipeline
 and augmentation keep the model busy when the ratio is near or above 1.
 
-    .venv/bin/python bench/accuracy.py --minutes 10 --threads 2
+    .venv/bin/python bench/accuracy.py --minutes 10 --threads 1
+
+One torch thread is how the recipe trains on this 2-core machine: its DataLoader worker gets the
+other core. With ``--threads 2`` the worker takes CPU from the model (trainer over plain loop 0.85
+against 1.00, docs/training-notes.md).
 """
 
 from __future__ import annotations
@@ -139,7 +143,7 @@ def speed(threads: int, output: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget of each model in (a)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for every model (default: 1)")
     parser.add_argument("--skip-a", action="store_true", help="only (b) and the speed ratio")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
