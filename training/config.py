@@ -177,7 +177,6 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Cross-field checks beyond types; returns ``self``."""
         from training.device import PRECISIONS
-        from training.evaluate import CALIBRATION_METRICS
 
         checks = [
             (bool(self.data.images) and bool(self.data.masks), "data.images and data.masks", "are required"),
@@ -227,6 +226,8 @@ class TrainConfig:
 #: iou, lower for the rest; see :data:`LOWER_IS_BETTER`).
 MONITORS = ("dice", "iou", "pixel_error", "rand_error", "loss")
 LOWER_IS_BETTER = frozenset({"pixel_error", "rand_error", "loss"})
+#: Metrics a decision threshold can be calibrated by (``run.calibrate_by``, ``tessera calibrate``).
+CALIBRATION_METRICS = tuple(m for m in MONITORS if m != "loss")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:

@@ -10,12 +10,13 @@ Metric names (flat): ``pixel_error``, ``dice``, ``iou`` (means over classes), ``
 ``iou_<class>``, ``rand_error`` (two-class tasks, or when an interior class is named).
 
 :func:`calibrate` chooses a two-class model's decision threshold on labelled images by one of
-:data:`CALIBRATION_METRICS`; the trainer (``run.threshold: calibrate``) and ``tessera calibrate``
+:data:`training.config.CALIBRATION_METRICS`; the trainer (``run.threshold: calibrate``) and ``tessera calibrate``
 both use it.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from training.bundle import Bundle, load_bundle
+from training.config import CALIBRATION_METRICS, LOWER_IS_BETTER
 from training.data.dataset import Example, SegmentationFolder
 from training.decision import CALIBRATION_THRESHOLDS, calibrate_threshold
 from training.metrics import MetricAccumulator
@@ -32,8 +34,8 @@ if TYPE_CHECKING:
     from training.predictor import Predictor
 
 
-#: Metrics a decision threshold can be calibrated by -> whether lower is better.
-CALIBRATION_METRICS = {"pixel_error": True, "rand_error": True, "dice": False, "iou": False}
+#: How many training images (evenly spaced) ``run.threshold: calibrate`` chooses the threshold on.
+CALIBRATION_IMAGES = 5
 
 
 def interior_class(classes: Sequence[str], name: str | None = None) -> int | None:
@@ -124,6 +126,12 @@ def check_classes(folder: SegmentationFolder, classes: Sequence[str]) -> None:
         )
 
 
+def calibration_subset(items: Sequence[Any]) -> Sequence[Any]:
+    """Up to :data:`CALIBRATION_IMAGES` of ``items``, evenly spaced from the first (ISBI slices
+    0-24: 0, 5, 10, 15, 20)."""
+    return items[:: max(1, math.ceil(len(items) / CALIBRATION_IMAGES))]
+
+
 def calibrate(
     predictor: Predictor,
     examples: Sequence[Example],
@@ -147,7 +155,7 @@ def calibrate(
         interior = interior_class(classes)
     probabilities = [predictor.predict(e.image, probabilities=True).probabilities for e in examples]
     targets = [e.target for e in examples]
-    sign = 1.0 if CALIBRATION_METRICS[metric] else -1.0
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
 
     def loss(labels: list[np.ndarray]) -> float:
         return sign * score(labels, targets, classes, interior)[metric]

@@ -11,8 +11,9 @@ One :class:`Trainer` runs a :class:`~training.config.TrainConfig`:
   workers seeded by :func:`training.seeding.worker_init_fn`;
 * **optimisation** -- Adam or SGD (momentum 0.99 by default), learning rate constant or poly
   ``lr * (1 - progress) ** 0.9`` where progress is the larger of the step share and the wall-clock
-  share of ``run.max_minutes`` (validation included, so the rate reaches 0 when the budget ends); loss from :mod:`training.losses`; channels_last, and autocast as ``run.precision``
-  asks (mixed precision on CUDA by default, bf16 on the CPU on request; :mod:`training.device`);
+  share of ``run.max_minutes`` (validation included, so the rate reaches 0 when the budget ends);
+  loss from :mod:`training.losses`; channels_last, and autocast as ``run.precision`` asks (mixed
+  precision on CUDA by default, bf16 on the CPU on request; :mod:`training.device`);
 * **validation** -- whole hold-out images through :class:`training.predictor.Predictor`, the very
   code ``tessera predict`` runs, scored by :mod:`training.metrics`; before it, optionally, precise
   BatchNorm statistics from clean training patches (``run.precise_bn``, :mod:`training.batchnorm`)
@@ -56,7 +57,7 @@ from torch.utils.data import DataLoader
 
 from training.averaging import WeightAverage
 from training.batchnorm import recompute_batchnorm
-from training.bundle import Bundle, BundleInfo, new_bundle_info, read_bundle_info, save_bundle
+from training.bundle import Bundle, new_bundle_info, read_bundle_info, save_bundle
 from training.checkpoint import CheckpointError, load_optimizer, load_state, save_state
 from training.config import LOWER_IS_BETTER, TrainConfig
 from training.data.augment import build_augmentation
@@ -64,7 +65,7 @@ from training.data.dataset import Example, SegmentationFolder
 from training.data.patches import UNIFORM_WEIGHTS, PatchDataset, WeightMapConfig, dataset_normalization
 from training.device import autocast, autocast_dtype, resolve_device
 from training.losses import build_loss
-from training.evaluate import calibrate, interior_class, score
+from training.evaluate import calibrate, calibration_subset, interior_class, score
 from training.models import build_model, load_encoder_weights, parse_arch
 from training.normalization import Normalization
 from training.seeding import epoch_seed, seed_everything, worker_init_fn
@@ -74,8 +75,6 @@ BEST, LAST = "best.safetensors", "last.safetensors"
 CSV_NAME, JSON_NAME, CURVES_NAME, OVERLAYS_DIR = "metrics.csv", "metrics.json", "curves.png", "overlays"
 #: Test-time augmentation modes the best bundle's threshold is calibrated for at the end of a run.
 TTA_CALIBRATED = ("flips", "d4")
-#: Training images (evenly spaced) ``run.threshold: calibrate`` chooses the decision threshold on.
-CALIBRATION_IMAGES = 5
 #: Packages whose versions go into every bundle's provenance.
 VERSIONED = ("torch", "segmentation-models-pytorch", "albumentations", "numpy", "tessera")
 
@@ -429,11 +428,12 @@ class Trainer:
 
     def calibrate(self, predictor=None) -> float:
         """The decision threshold that scores best on ``run.calibrate_by`` (default: the monitor;
-        pixel error when that is the loss) over up to :data:`CALIBRATION_IMAGES` training images,
-        predicted whole by ``predictor`` (default: :meth:`predictor`, no test-time augmentation)."""
-        step = max(1, math.ceil(len(self.train_examples) / CALIBRATION_IMAGES))
+        pixel error when that is the loss) over :func:`~training.evaluate.calibration_subset` of the
+        training images, predicted whole by ``predictor`` (default: :meth:`predictor`, no test-time
+        augmentation)."""
         predictor = predictor or self.predictor()
-        threshold, _ = calibrate(predictor, self.train_examples[::step], self.calibration_metric, self.interior_class)
+        examples = calibration_subset(self.train_examples)
+        threshold, _ = calibrate(predictor, examples, self.calibration_metric, self.interior_class)
         return threshold
 
     @property

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from service.commands.labelled import add_dataset_options, labelled_folder
-from training.data.dataset import ISBI_CALIBRATION
-from training.evaluate import CALIBRATION_METRICS
+from training.config import CALIBRATION_METRICS
+from training.data.dataset import ISBI_TRAIN
 
 EXAMPLES = """\
 examples:
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from training.bundle import SUFFIX, load_bundle, save_bundle
     from training.device import set_cpu_threads
-    from training.evaluate import calibrate, check_classes, interior_class
+    from training.evaluate import calibrate, calibration_subset, check_classes, interior_class
     from training.predictor import Predictor, tta_caveat
 
     if not Path(args.bundle).is_file():
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         set_cpu_threads(args.threads)
     bundle = load_bundle(args.bundle)
-    folder = labelled_folder(args, ISBI_CALIBRATION)
+    folder = labelled_folder(args, calibration_subset(ISBI_TRAIN))
     check_classes(folder, bundle.info.classes)
     examples = [folder.load(index) for index in range(len(folder))]
     interior = interior_class(bundle.info.classes, args.rand_class)

@@ -34,7 +34,7 @@ Public API
 * :class:`Example` -- ``name``, ``image`` (decoded, ``(H, W)`` or ``(H, W, C)``), ``target``
   (``(H, W)`` int64 class indices, :data:`IGNORE_INDEX` where ignored).
 * :func:`isbi2012` -- the shipped ISBI 2012 example data; :data:`ISBI_TRAIN`,
-  :data:`ISBI_HOLDOUT` (slices 0-24 and 25-29), :data:`ISBI_CALIBRATION` (0, 5, 10, 15, 20).
+  :data:`ISBI_HOLDOUT` (slices 0-24 and 25-29).
 * :func:`parse_selection` -- ``"0-24,27"`` -> ``[0, ..., 24, 27]``.
 """
 
@@ -63,8 +63,6 @@ ISBI_ROOT = Path(__file__).resolve().parents[1] / "assets" / "isbi2012"
 #: The ISBI 2012 convention: train on slices 0-24, hold out 25-29.
 ISBI_TRAIN = tuple(range(25))
 ISBI_HOLDOUT = tuple(range(25, 30))
-#: The training slices the recipe's ``run.threshold: calibrate`` chooses its threshold on (every fifth).
-ISBI_CALIBRATION = tuple(range(0, 25, 5))
 
 
 class DatasetError(ValueError):
