@@ -76,6 +76,13 @@ def test_wrong_encoder_is_refused(trained: tuple[Path, dict, Path]) -> None:
         build_network(config, in_channels=1, num_classes=2)
 
 
+def test_a_classifier_bundle_cannot_start_a_segmentation_network(trained: tuple[Path, dict, Path]) -> None:
+    bundle, _, _ = trained
+    config = load_config(None, ["data.images=x", "data.masks=y", f"model.init={bundle}"])
+    with pytest.raises(ValueError, match="is a classification bundle; an encoder goes in model.encoder_weights"):
+        build_network(config, in_channels=1, num_classes=2)
+
+
 def test_bad_class_folders_are_named(tmp_path: Path) -> None:
     (tmp_path / "only").mkdir()
     with pytest.raises(DatasetError, match="at least 2"):

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from service.cli import build_parser, main
 from training.bundle import read_bundle_info
@@ -73,6 +75,9 @@ def test_train_then_evaluate(data: Path, tmp_path: Path, capsys: pytest.CaptureF
         (["--set", "model.arch=smp.Nope:resnet18", "--epochs", "1"], "cannot build smp Nope"),
         (["--set", "data.val=['99']"], "'99', which is not a stem"),
         (["--export", "model.pt"], "bundle files end in .safetensors"),
+        (["--init", "absent.safetensors"], "absent.safetensors: no such bundle file"),
+        (["--init", "default", "--set", "model.encoder_weights=e.safetensors"],
+         "model.init / model.encoder_weights: give one"),
     ],
 )
 def test_train_errors_are_one_line(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -81,6 +86,76 @@ def test_train_errors_are_one_line(data: Path, tmp_path: Path, capsys: pytest.Ca
     assert code == 2
     error = capsys.readouterr().err
     assert message in error and error.startswith("tessera train: error:")
+    assert not (tmp_path / "r" / "best.safetensors").exists()
+
+
+def _conv_weights(bundle: Path) -> dict[str, torch.Tensor]:
+    """A bundle's weight tensors (BatchNorm running statistics left out: training moves them)."""
+    return {k: v for k, v in load_file(str(bundle)).items() if "running" not in k and "num_batches" not in k}
+
+
+def test_init_fine_tunes_a_bundle(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    start = tmp_path / "start.safetensors"
+    assert main(["train", "--config", str(data / "tiny.yaml"), "--output", str(tmp_path / "a"), "--no-progress",
+                 "--epochs", "1", "--seed", "1", "--export", str(start)]) == 0
+    capsys.readouterr()
+    # The network is the bundle's (depth 2, width 4) whatever model.* says; a step at lr 1e-12 leaves
+    # its weights where they were, so they must be the bundle's, not a fresh initialisation.
+    tuned = tmp_path / "b" / "best.safetensors"
+    assert main(["train", "--config", str(data / "tiny.yaml"), "--output", str(tmp_path / "b"), "--no-progress",
+                 "--epochs", "1", "--seed", "2", "--init", str(start), "--set", "model.width=32",
+                 "--set", "optim.lr=1e-12"]) == 0
+    assert "model.init: the network and weights of" in capsys.readouterr().err
+    assert read_bundle_info(tuned).spec == read_bundle_info(start).spec
+    before, after = _conv_weights(start), _conv_weights(tuned)
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], atol=1e-6, rtol=0, msg=key)
+    fresh = tmp_path / "fresh" / "best.safetensors"
+    assert main(["train", "--config", str(data / "tiny.yaml"), "--output", str(tmp_path / "fresh"), "--no-progress",
+                 "--epochs", "1", "--seed", "2", "--set", "optim.lr=1e-12"]) == 0
+    assert any(not torch.allclose(_conv_weights(fresh)[k], before[k]) for k in before)
+
+
+def test_init_with_other_classes_restarts_only_the_output_layer(data: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    three = tmp_path / "three"
+    shutil.copytree(data / "image", three / "image")
+    (three / "label").mkdir()
+    for name in ("3", "26"):  # membrane 0, cells split into two classes by image brightness
+        label = np.asarray(Image.open(data / "label" / f"{name}.png")) > 0
+        bright = np.asarray(Image.open(data / "image" / f"{name}.png")) > 140
+        Image.fromarray((label * (1 + bright)).astype(np.uint8)).save(three / "label" / f"{name}.png")
+    start = tmp_path / "start.safetensors"
+    assert main(["train", "--config", str(data / "tiny.yaml"), "--output", str(tmp_path / "a"), "--no-progress",
+                 "--epochs", "1", "--export", str(start)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "b"
+    assert main(["train", "--config", str(data / "tiny.yaml"), "--images", str(three / "image"),
+                 "--masks", str(three / "label"), "--output", str(out), "--no-progress", "--epochs", "1",
+                 "--init", str(start), "--set", "optim.lr=1e-12", "--set", "run.threshold=argmax"]) == 0
+    assert "tensors of the output layer start fresh (3 classes)" in capsys.readouterr().err
+    info = read_bundle_info(out / "best.safetensors")
+    assert info.spec == {**read_bundle_info(start).spec, "num_classes": 3} and len(info.classes) == 3
+    before, after = _conv_weights(start), _conv_weights(out / "best.safetensors")
+    restarted = sorted(k for k in before if before[k].shape != after[k].shape)
+    assert restarted and all(k.startswith(restarted[0].rsplit(".", 1)[0]) for k in restarted)
+    for key in before.keys() - set(restarted):
+        torch.testing.assert_close(after[key], before[key], atol=1e-6, rtol=0, msg=key)
+
+
+def test_init_needs_the_same_image_channels(data: Path, tmp_path: Path, tiny_bundle: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rgb = tmp_path / "rgb"
+    shutil.copytree(data / "label", rgb / "label")
+    (rgb / "image").mkdir()
+    for name in ("3", "26"):  # colour (unequal channels: gray-looking RGB is read as gray)
+        gray = np.asarray(Image.open(data / "image" / f"{name}.png"))
+        Image.fromarray(np.stack([gray, gray // 2, 255 - gray], axis=-1)).save(rgb / "image" / f"{name}.png")
+    code = main(["train", "--config", str(data / "tiny.yaml"), "--images", str(rgb / "image"),
+                 "--masks", str(rgb / "label"), "--output", str(tmp_path / "r"), "--init", str(tiny_bundle)])
+    assert code == 2
+    assert "takes 1-channel images, the training images have 3" in capsys.readouterr().err
     assert not (tmp_path / "r" / "best.safetensors").exists()
 
 

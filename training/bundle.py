@@ -185,6 +185,13 @@ def _read(path: Path, with_tensors: bool) -> tuple[BundleInfo, dict[str, torch.T
 
 #: The shipped default model (trained on ISBI 2012 slices 0-24, see the README).
 DEFAULT_BUNDLE = Path(__file__).parent / "assets" / "default.safetensors"
+#: Names that mean the shipped model wherever a bundle path is asked for (CLI, ``model.init``).
+DEFAULT_NAMES = ("-", "default")
+
+
+def bundle_path(name: str | Path) -> Path:
+    """The bundle file ``name`` means: :data:`DEFAULT_BUNDLE` for a :data:`DEFAULT_NAMES` entry."""
+    return DEFAULT_BUNDLE if str(name) in DEFAULT_NAMES else Path(name)
 
 #: Default tile input size for same-padded networks (pixels per side).
 DEFAULT_SAME_TILE = 512

@@ -68,6 +68,8 @@ class ModelConfig:
     ``depth``/``width``/``padding``/``norm``/``dropout`` apply to the classic U-Net.
     ``encoder_weights`` is a local file (torchvision/timm state dict, or one of our classifier
     bundles); ``freeze_encoder_epochs`` keeps the encoder frozen for that many epochs (-1: always).
+    ``init`` fine-tunes a segmentation bundle (``default``: the shipped model): the network is the
+    bundle's, weights included, and the settings above except ``freeze_encoder_epochs`` are not used.
     """
 
     arch: str = "unet"
@@ -79,6 +81,7 @@ class ModelConfig:
     encoder_weights: str | None = None
     freeze_encoder_epochs: int = 0
     in_channels: int | None = None
+    init: str | None = None
 
 
 @dataclass
@@ -196,6 +199,8 @@ class TrainConfig:
             (self.run.val_every >= 1, "run.val_every", "must be >= 1"),
             (0 <= self.data.foreground_fraction <= 1, "data.foreground_fraction", "must be in [0, 1]"),
             (self.model.freeze_encoder_epochs >= -1, "model.freeze_encoder_epochs", "must be >= -1"),
+            (not (self.model.init and self.model.encoder_weights), "model.init / model.encoder_weights",
+             "give one: init starts the whole network from a bundle"),
             ((self.data.val_images is None) == (self.data.val_masks is None),
              "data.val_images / data.val_masks", "give both or neither"),
             (self.model.depth >= 1 and self.model.width >= 1, "model.depth / model.width", "must be >= 1"),
@@ -250,19 +255,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 #: Settings that name input files; in a YAML file they are relative to the file's folder.
-PATH_KEYS = {"data": ("images", "masks", "val_images", "val_masks"), "model": ("encoder_weights",)}
+PATH_KEYS = {"data": ("images", "masks", "val_images", "val_masks"), "model": ("encoder_weights", "init")}
 
 
 def _anchor_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Make the input paths of a config file relative to its folder (``run.output`` and
-    command-line overrides stay relative to the working directory)."""
+    command-line overrides stay relative to the working directory; ``default`` names the shipped model)."""
+    from training.bundle import DEFAULT_NAMES
+
     for section, keys in PATH_KEYS.items():
         values = data.get(section)
         if not isinstance(values, dict):
             continue
         for key in keys:
             value = values.get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
+            if isinstance(value, str) and value not in ("", *DEFAULT_NAMES) and not Path(value).is_absolute():
                 values[key] = str(Path(os.path.normpath(folder / value)))
     return data
 

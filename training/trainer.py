@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader
 
 from training.averaging import WeightAverage
 from training.batchnorm import recompute_batchnorm
-from training.bundle import Bundle, new_bundle_info, read_bundle_info, save_bundle
+from training.bundle import Bundle, bundle_path, load_bundle, new_bundle_info, read_bundle_info, save_bundle
 from training.checkpoint import CheckpointError, load_optimizer, load_state, save_state
 from training.config import LOWER_IS_BETTER, TrainConfig
 from training.data.augment import build_augmentation
@@ -126,9 +126,18 @@ def set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
         module.train(not frozen and model.training)
 
 
-def build_network(config: TrainConfig, in_channels: int, num_classes: int) -> tuple[dict[str, Any], nn.Module]:
-    """The spec and the freshly initialised network of ``config.model`` (encoder weights loaded)."""
+def build_network(
+    config: TrainConfig, in_channels: int, num_classes: int, log: Callable[[str], None] = print
+) -> tuple[dict[str, Any], nn.Module]:
+    """The spec and the network of ``config.model``: freshly initialised (encoder weights loaded),
+    or with ``model.init`` a bundle's network and weights (:func:`network_from_bundle`)."""
     m = config.model
+    if m.init:
+        path = bundle_path(m.init)
+        spec, model, fresh = network_from_bundle(path, in_channels, num_classes)
+        restarted = f"; {len(fresh)} tensors of the output layer start fresh ({num_classes} classes)" if fresh else ""
+        log(f"model.init: the network and weights of {path}{restarted}")
+        return spec, model
     options = {"depth": m.depth, "width": m.width, "padding": m.padding, "norm": m.norm, "dropout": m.dropout}
     if m.arch != "unet":
         options = {}
@@ -144,6 +153,27 @@ def build_network(config: TrainConfig, in_channels: int, num_classes: int) -> tu
             _check_encoder_bundle(path, spec)
         load_encoder_weights(model.encoder, path)
     return spec, model
+
+
+def network_from_bundle(path: Path, in_channels: int, num_classes: int) -> tuple[dict[str, Any], nn.Module, list[str]]:
+    """Fine-tuning: the network a segmentation bundle describes, with its weights.
+
+    The architecture is the bundle's whatever ``model.arch``/``depth``/``width`` say. With another
+    number of classes, the tensors whose shape depends on it (the output layer) keep their fresh
+    initialisation; their names are returned. Other input channels are an error.
+    """
+    bundle = load_bundle(path)
+    info = bundle.info
+    if info.task != "segmentation":
+        raise ValueError(f"model.init: {path} is a {info.task} bundle; an encoder goes in model.encoder_weights")
+    if info.in_channels != in_channels:
+        raise ValueError(f"model.init: {path} takes {info.in_channels}-channel images, the training images have {in_channels}")
+    spec = {**info.spec, "num_classes": num_classes}
+    model = build_model(spec)
+    given = bundle.model.state_dict()
+    fresh = [key for key, tensor in model.state_dict().items() if given[key].shape != tensor.shape]
+    model.load_state_dict({key: tensor for key, tensor in given.items() if key not in fresh}, strict=False)
+    return spec, model, fresh
 
 
 def _check_encoder_bundle(path: Path, spec: dict[str, Any]) -> None:
@@ -180,7 +210,7 @@ class Trainer:
         self.log = log or self.console.print
         self._load_data()
         seed_everything(config.run.seed)
-        self.spec, self.model = build_network(config, self.in_channels, self.labels.num_classes)
+        self.spec, self.model = build_network(config, self.in_channels, self.labels.num_classes, self.log)
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.loss = build_loss(config.loss.name)
         self.patches = self._patches()

@@ -10,12 +10,9 @@ import argparse
 import contextlib
 
 from training.blending import BLEND_MODES, DEFAULT_OVERLAP
-from training.bundle import DEFAULT_BUNDLE
+from training.bundle import DEFAULT_BUNDLE, DEFAULT_NAMES
 from training.device import set_cpu_threads
 from training.predictor import TTA_MODES
-
-#: Bundle arguments meaning "the shipped default model".
-DEFAULT_NAMES = ("-", "default")
 
 
 def add_bundle_argument(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,9 @@ examples:
   tessera train --config my.yaml --arch smp.Unet:resnet18 --set patch.size=256 \\
       --set model.encoder_weights=classifier.safetensors --set model.freeze_encoder_epochs=5
       an smp model whose encoder starts from 'tessera train-classifier' and is frozen 5 epochs
+  tessera train --images data/img --masks data/mask --init default --lr 5e-4 --max-minutes 20
+      fine-tune the shipped model on your folders (its U-Net and weights; a new output layer
+      if your masks have other than 2 classes)
   tessera train --config my.yaml --set optim.name=sgd --set optim.lr=0.01 --set optim.momentum=0.99
       the paper's SGD with momentum 0.99 (poly learning-rate decay)
   tessera train --config my.yaml --output runs/a --resume
@@ -40,6 +43,7 @@ SHORTCUTS = {
     "images": "data.images",
     "masks": "data.masks",
     "arch": "model.arch",
+    "init": "model.init",
     "epochs": "run.epochs",
     "max_minutes": "run.max_minutes",
     "batch_size": "patch.batch_size",
@@ -66,6 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", help="folder of training images")
     parser.add_argument("--masks", help="folder of masks (same file stems)")
     parser.add_argument("--arch", help="unet | smp.<Arch>:<encoder> (e.g. smp.Unet:resnet18)")
+    parser.add_argument("--init", help="fine-tune: start from this segmentation bundle's network and weights "
+                                       "('default': the shipped model); --arch and model.* sizes are then unused")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--max-minutes", type=float, help="stop after this much wall time (summed over --resume sittings)")
     parser.add_argument("--batch-size", type=int)
