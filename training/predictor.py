@@ -98,7 +98,7 @@ class Predictor:
         device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda:0"``...
         tile: tile input size in pixels (a valid size for the network), ``None`` for the
             bundle's default, or ``"auto"`` to measure the fastest valid size (see
-            :func:`training.autotile.choose_tile`).
+            :func:`choose_tile` below).
         batch_size: tiles per forward pass (halved automatically on out-of-memory).
         tta: test-time augmentation: ``False``/"none", ``"flips"`` (4), ``True``/"d4" (8 dihedral).
         blend: ``"none"`` (exact crop-only stitching) or ``"gaussian"`` (overlapping tiles averaged
