@@ -193,6 +193,7 @@ def bundle_path(name: str | Path) -> Path:
     """The bundle file ``name`` means: :data:`DEFAULT_BUNDLE` for a :data:`DEFAULT_NAMES` entry."""
     return DEFAULT_BUNDLE if str(name) in DEFAULT_NAMES else Path(name)
 
+
 #: Default tile input size for same-padded networks (pixels per side).
 DEFAULT_SAME_TILE = 512
 #: Same-padded tiles span at least this many halos (2 of context, at least 2 kept).
