@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from service.cli import build_parser, main
-from training.bundle import read_bundle_info
+from training.bundle import file_sha256, read_bundle_info
 
 ISBI = Path(__file__).resolve().parents[1] / "training" / "assets" / "isbi2012"
 
@@ -106,7 +106,9 @@ def test_init_fine_tunes_a_bundle(data: Path, tmp_path: Path, capsys: pytest.Cap
                  "--epochs", "1", "--seed", "2", "--init", str(start), "--set", "model.width=32",
                  "--set", "optim.lr=1e-12"]) == 0
     assert "model.init: the network and weights of" in capsys.readouterr().err
-    assert read_bundle_info(tuned).spec == read_bundle_info(start).spec
+    info = read_bundle_info(tuned)
+    assert info.spec == read_bundle_info(start).spec
+    assert info.provenance["init"] == {"from": str(start.resolve()), "sha256": file_sha256(start)}
     before, after = _conv_weights(start), _conv_weights(tuned)
     assert before.keys() == after.keys()
     for key in before:

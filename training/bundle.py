@@ -19,6 +19,7 @@ bundles; the tiler, the service, batch jobs and evaluation load them with :func:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -187,6 +188,19 @@ def _read(path: Path, with_tensors: bool) -> tuple[BundleInfo, dict[str, torch.T
 DEFAULT_BUNDLE = Path(__file__).parent / "assets" / "default.safetensors"
 #: Names that mean the shipped model wherever a bundle path is asked for (CLI, ``model.init``).
 DEFAULT_NAMES = ("-", "default")
+
+
+#: Bytes read at a time when hashing files.
+HASH_BLOCK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks (how provenance and batch jobs name a bundle)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def bundle_path(name: str | Path) -> Path:

@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader
 
 from training.averaging import WeightAverage
 from training.batchnorm import recompute_batchnorm
-from training.bundle import Bundle, bundle_path, load_bundle, new_bundle_info, read_bundle_info, save_bundle
+from training.bundle import Bundle, bundle_path, file_sha256, load_bundle, new_bundle_info, read_bundle_info, save_bundle
 from training.checkpoint import CheckpointError, load_optimizer, load_state, save_state
 from training.config import LOWER_IS_BETTER, TrainConfig
 from training.data.augment import build_augmentation
@@ -176,6 +176,13 @@ def network_from_bundle(path: Path, in_channels: int, num_classes: int) -> tuple
     return spec, model, fresh
 
 
+def init_source(name: str) -> dict[str, str]:
+    """Which file ``model.init`` names, and its SHA-256: a bundle's identity even if it is later
+    overwritten (``tessera calibrate`` can rewrite one in place)."""
+    path = bundle_path(name)
+    return {"from": str(path.resolve()), "sha256": file_sha256(path)}
+
+
 def _check_encoder_bundle(path: Path, spec: dict[str, Any]) -> None:
     """A classifier bundle must have been trained with the same encoder (clear error otherwise)."""
     try:
@@ -211,6 +218,8 @@ class Trainer:
         self._load_data()
         seed_everything(config.run.seed)
         self.spec, self.model = build_network(config, self.in_channels, self.labels.num_classes, self.log)
+        #: The bundle ``model.init`` started from, for the provenance (None: a fresh network).
+        self.init_source = init_source(config.model.init) if config.model.init else None
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.loss = build_loss(config.loss.name)
         self.patches = self._patches()
@@ -484,6 +493,7 @@ class Trainer:
                 "val": self.val_folder.names if self.val_folder is not None else [],
                 "labels": self.labels.to_dict(),
             },
+            "init": self.init_source,
             "seed": self.config.run.seed,
             "device": str(self.device),
             "started": self.started,

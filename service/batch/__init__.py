@@ -21,9 +21,9 @@ from pathlib import Path
 
 from service.batch.folder import FolderOptions, FolderReport, Progress, run_folder
 from service.batch.gigapixel import GigapixelReport, is_gigapixel_source, run_gigapixel
-from service.batch.scheduler import IN_PROCESS, PredictorSpec, file_sha256, open_runner, parse_scheduler
+from service.batch.scheduler import IN_PROCESS, PredictorSpec, open_runner, parse_scheduler
 from training.blending import DEFAULT_OVERLAP
-from training.bundle import DEFAULT_BUNDLE
+from training.bundle import DEFAULT_BUNDLE, file_sha256
 from training.images import DEFAULT_MAX_PIXELS
 from training.predictor import Predictor, tta_mode
 

@@ -38,7 +38,8 @@ import numpy as np
 
 from service.batch.files import UnsafeNameError, atomic_write, inside, job_lock, safe_relative, sweep_temporaries
 from service.batch.manifest import MANIFEST_NAME, Manifest
-from service.batch.scheduler import PredictorSpec, file_sha256, predictor_for
+from service.batch.scheduler import PredictorSpec, predictor_for
+from training.bundle import file_sha256
 from training.images import DEFAULT_MAX_PIXELS, ImageError
 from training.overlay import overlay
 from training.readers import open_image

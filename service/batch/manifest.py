@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from service.batch.files import UnsafeNameError, atomic_write, inside, safe_relative
-from service.batch.scheduler import file_sha256
+from training.bundle import file_sha256
 
 #: File name of the manifest inside DST.
 MANIFEST_NAME = "manifest.jsonl"

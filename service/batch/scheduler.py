@@ -37,6 +37,7 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from training.blending import DEFAULT_OVERLAP
+from training.bundle import file_sha256
 from training.predictor import Predictor
 
 #: The default scheduler: tasks run in the calling process.
@@ -45,22 +46,11 @@ IN_PROCESS = "in-process"
 LOCAL_PREFIX = "local:"
 #: Address schemes of an existing dask.distributed scheduler.
 REMOTE_SCHEMES = ("tcp://", "tls://")
-#: Bytes read at a time when hashing files.
-HASH_BLOCK = 1 << 20
 
 #: Predictors loaded in this process, by :meth:`PredictorSpec.key` (one per worker process).
 _PREDICTORS: dict[str, Predictor] = {}
 #: How many times this process built a predictor, by spec key (diagnostics: once per worker).
 LOADS: Counter[str] = Counter()
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
