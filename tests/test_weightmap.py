@@ -70,8 +70,8 @@ def test_instances_given_split_touching_objects():
 
 
 def test_distance_is_exact_and_independent_of_the_buffer_address():
-    # OpenCV's DIST_MASK_PRECISE failed this: an ulp off on some pixels, which ones depending on
-    # where the mask sat in memory, so training runs on the same data drifted apart.
+    # OpenCV's DIST_MASK_PRECISE output alone fails this: an ulp off on some pixels, which ones
+    # depending on where the mask sat in memory, so training runs on the same data drifted apart.
     rng = np.random.default_rng(3)
     outside = rng.random((49, 47)) > 0.02
     zeros = np.argwhere(~outside)
@@ -80,6 +80,18 @@ def test_distance_is_exact_and_independent_of_the_buffer_address():
     expected = np.sqrt(squared).astype(np.float32)
     buffer = np.zeros(outside.size + 64, bool)
     for offset in range(8):
+        moved = buffer[offset : offset + outside.size].reshape(outside.shape)
+        moved[:] = outside
+        np.testing.assert_array_equal(exact_distance(moved), expected)
+
+
+@pytest.mark.parametrize("zeros", [0.001, 0.05])
+def test_distance_equals_scipy_bit_for_bit_on_large_masks(zeros: float) -> None:
+    rng = np.random.default_rng(7)
+    outside = rng.random((300, 280)) >= zeros  # sparse zeros: distances up to ~40 px
+    expected = ndimage.distance_transform_edt(outside).astype(np.float32)
+    buffer = np.zeros(outside.size + 64, bool)
+    for offset in (0, 3, 13):
         moved = buffer[offset : offset + outside.size].reshape(outside.shape)
         moved[:] = outside
         np.testing.assert_array_equal(exact_distance(moved), expected)
