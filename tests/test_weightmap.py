@@ -97,6 +97,13 @@ def test_distance_equals_scipy_bit_for_bit_on_large_masks(zeros: float) -> None:
         np.testing.assert_array_equal(exact_distance(moved), expected)
 
 
+def test_distance_is_exact_far_from_the_nearest_zero() -> None:
+    outside = np.ones((1500, 1400), bool)
+    outside[0, 0] = outside[1499, 700] = False  # distances up to ~1560 px
+    expected = ndimage.distance_transform_edt(outside).astype(np.float32)
+    np.testing.assert_array_equal(exact_distance(outside), expected)
+
+
 def test_per_bbox_equals_whole_image_reference_on_isbi():
     target = isbi2012().load(7).target[:192, :256]
     instances = object_instances(target, [1])

@@ -116,7 +116,9 @@ def exact_distance(outside: np.ndarray) -> np.ndarray:
     512x512 mask here. Its float32 output is off by up to an ulp, and *which* pixels are off depends
     on the address of the input buffer (two constructions of one dataset got different weight
     maps, and a resumed training run drifted from an uninterrupted one). Squared distances between
-    pixel centres are integers, so rounding the square in float64 recovers each one exactly.
+    pixel centres are integers, so rounding the square in float64 recovers each one exactly (an
+    ulp of error in a distance d moves d**2 by about d**2 / 2**22: below 0.5 up to d = 1448 px,
+    and distances past the border term's 20 px cutoff do not change the map).
     """
     distance = cv2.distanceTransform(outside.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     return np.sqrt(np.rint(np.square(distance, dtype=np.float64))).astype(np.float32)
