@@ -5,7 +5,7 @@
     the reference: Unet-resnet18, random 256x256 crops, flips and 90-degree rotations, BCE + Dice,
     Adam 1e-3, batch 8. Only figures from one run compare (the machine is shared).
 (b) the shipped model (``training/assets/default.safetensors``).
-Every model is scored through the same Predictor and metrics (``training.evaluate``): pixel error,
+Every model is scored through the same Predictor and metrics (``training.loop.evaluate``): pixel error,
 membrane Dice, adapted Rand error; the recipe and the shipped model also with test-time
 augmentation (``tta_d4``: 8 flips and turns, each corrected for the labels' offset). Also: the trainer's samples per second over a plain PyTorch loop
 on the same model, patch size, batch and precision (pre-made tensors, no data pipeline) -- the data pipeline
@@ -34,14 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training.bundle import DEFAULT_BUNDLE, Bundle, new_bundle_info  # noqa: E402
-from training.config import load_config  # noqa: E402
+from training.loop.config import load_config  # noqa: E402
 from training.data.dataset import ISBI_HOLDOUT, ISBI_TRAIN, isbi2012  # noqa: E402
 from training.device import autocast  # noqa: E402
-from training.evaluate import evaluate_bundle  # noqa: E402
-from training.losses import build_loss  # noqa: E402
+from training.loop.evaluate import evaluate_bundle  # noqa: E402
+from training.loop.losses import build_loss  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.normalization import Normalization  # noqa: E402
-from training.trainer import Trainer  # noqa: E402
+from training.loop.trainer import Trainer  # noqa: E402
 
 RECIPE = ROOT / "configs" / "isbi2012.yaml"
 #: The test-time augmentation also scored for the recipe and the shipped model (same threshold).

@@ -46,7 +46,7 @@ def make_data(root: Path, images: int, size: int, bundle: str) -> str:
     """The folder, the big TIFF and (for ``tiny``) a bundle, under ``root``; the bundle path."""
     import tifffile
 
-    from training.images import read_image
+    from training.io.images import read_image
 
     slices = [read_image(p) for p in sorted(ISBI_IMAGES.glob("*.png"), key=lambda p: int(p.stem))]
     folder = root / "folder"
@@ -81,10 +81,10 @@ def child(mode: str, root: Path, bundle: str) -> dict:
     import zarr
 
     from service.batch import segment_folder, segment_gigapixel
-    from training.images import read_image
-    from training.predictor import Predictor
-    from training.readers import fit_channels, open_image
-    from training.writers import label_dtype
+    from training.io.images import read_image
+    from training.inference.predictor import Predictor
+    from training.io.readers import fit_channels, open_image
+    from training.io.writers import label_dtype
 
     start = time.perf_counter()
     result: dict = {}

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from training.bundle import DEFAULT_BUNDLE  # noqa: E402
 from training.device import set_cpu_threads  # noqa: E402
-from training.predictor import Predictor  # noqa: E402
+from training.inference.predictor import Predictor  # noqa: E402
 
 
 def seconds(function, *args) -> float:

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.service_support import ISBI_SLICE, serve  # noqa: E402
 from training.bundle import DEFAULT_BUNDLE  # noqa: E402
 from training.device import set_cpu_threads  # noqa: E402
-from training.images import read_image  # noqa: E402
-from training.predictor import Predictor  # noqa: E402
+from training.io.images import read_image  # noqa: E402
+from training.inference.predictor import Predictor  # noqa: E402
 
 SLICES = [ISBI_SLICE.parent / f"{index}.png" for index in range(25, 30)]
 

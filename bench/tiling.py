@@ -39,10 +39,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from training.bundle import DEFAULT_BUNDLE, Bundle, load_bundle, new_bundle_info  # noqa: E402
-from training.images import read_image  # noqa: E402
+from training.io.images import read_image  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.normalization import Normalization  # noqa: E402
-from training.predictor import Predictor  # noqa: E402
+from training.inference.predictor import Predictor  # noqa: E402
 
 ISBI = ROOT / "training" / "assets" / "isbi2012" / "image"
 #: A valid U-Net of the size the issue measured (width 16, depth 4).
@@ -100,8 +100,8 @@ def write_zarr_input(path: Path, size: int) -> None:
 
 def rss_child(source: str, output: str) -> dict:
     """Run in a fresh process: stream ``source`` (zarr) into a zarr label sink; report peak RSS."""
-    from training.readers import open_image
-    from training.writers import label_dtype, open_sink
+    from training.io.readers import open_image
+    from training.io.writers import label_dtype, open_sink
 
     torch.set_num_threads(1)
     predictor = Predictor(random_bundle(RSS_UNET), device="cpu", tile=RSS_TILE, batch_size=2)
@@ -141,8 +141,8 @@ def tiler_efficiency(bundle: Bundle, image: np.ndarray, folder: Path) -> dict:
     of :data:`EFFICIENCY_ROUNDS` interleaved runs of each (single runs varied 0.87-0.97 here)."""
     import tifffile
 
-    from training.readers import open_image
-    from training.writers import label_dtype, open_sink
+    from training.io.readers import open_image
+    from training.io.writers import label_dtype, open_sink
 
     predictor = Predictor(bundle, device="cpu")
     path = folder / "input.tif"

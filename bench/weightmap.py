@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from training.data import isbi2012
-from training.weightmap import (
+from training.data.weightmap import (
     border_weights,
     border_weights_whole_image,
     class_balance_weights,

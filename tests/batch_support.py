@@ -13,7 +13,7 @@ from tests.conftest import TINY_UNET, randomise_batchnorm
 from training.bundle import new_bundle_info, save_bundle
 from training.models import build_model
 from training.normalization import Normalization
-from training.writers import encode_png
+from training.io.writers import encode_png
 
 #: A valid tile of the tiny U-Net (margin 20, stride 4): output step 52 px, so small images
 #: still span several tiles and chunks.

@@ -54,6 +54,6 @@ def tiny_bundle(tmp_path: Path) -> Path:
 @pytest.fixture
 def isbi_slice() -> np.ndarray:
     """ISBI 2012 training slice 25 (a hold-out slice), 512x512 uint8."""
-    from training.images import read_image
+    from training.io.images import read_image
 
     return read_image(ISBI / "image" / "25.png")

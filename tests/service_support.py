@@ -24,10 +24,10 @@ import pytest
 import torch
 
 from training.bundle import new_bundle_info, save_bundle
-from training.images import read_image
+from training.io.images import read_image
 from training.models import build_model
 from training.normalization import Normalization
-from training.predictor import Predictor
+from training.inference.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 ISBI_SLICE = ROOT / "training" / "assets" / "isbi2012" / "image" / "25.png"
@@ -70,7 +70,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(bundle: Path, home: Path, extra_env: dict[str, str] | None = None, workers: int = 1) -> Iterator[str]:
-    """Run ``tessera serve`` (``bentoml serve service.http:Tessera``) and yield its base URL."""
+    """Run ``tessera serve`` (``bentoml serve service.http.app:Tessera``) and yield its base URL."""
     port = free_port()
     env = {
         **os.environ,

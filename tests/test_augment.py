@@ -20,7 +20,7 @@ from training.data.augment import (
 )
 from training.data.patches import PatchDataset
 from training.geometry import TileGeometry
-from training.seeding import worker_init_fn
+from training.loop.seeding import worker_init_fn
 
 STRONG_WARPS = {
     "affine": {"p": 1.0, "scale": [0.5, 0.6], "rotate": [40, 50]},

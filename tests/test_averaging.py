@@ -1,4 +1,4 @@
-"""The moving average of weights (training/averaging.py): the update rule, its warm-up, buffers
+"""The moving average of weights (training/loop/averaging.py): the update rule, its warm-up, buffers
 and modes."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.averaging import WARMUP, WeightAverage
+from training.loop.averaging import WARMUP, WeightAverage
 
 
 def net() -> nn.Module:

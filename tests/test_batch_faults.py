@@ -20,7 +20,7 @@ from service.batch.folder import FolderOptions, run_folder
 from service.batch.gigapixel import DONE_FOLDER, run_gigapixel
 from service.cli import main
 from tests.batch_support import TILE, local2, leftovers, make_bundle, make_folder, make_slide, tree_bytes  # noqa: F401 (fixture)
-from training.writers import encode_png
+from training.io.writers import encode_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

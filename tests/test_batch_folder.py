@@ -16,10 +16,10 @@ from service.batch import segment_folder
 from service.batch.files import UnsafeNameError, job_lock, safe_relative
 from service.cli import main
 from tests.batch_support import TILE, make_bundle, make_folder, tree_bytes
-from training.images import read_image
-from training.overlay import overlay
-from training.predictor import Predictor
-from training.writers import encode_png, encode_probabilities
+from training.io.images import read_image
+from training.io.overlay import overlay
+from training.inference.predictor import Predictor
+from training.io.writers import encode_png, encode_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

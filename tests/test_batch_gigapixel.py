@@ -14,8 +14,8 @@ import zarr
 from service.batch import segment_gigapixel
 from service.batch.gigapixel import DONE_FOLDER, chunk_shape, output_stem
 from tests.batch_support import TILE, leftovers, make_bundle, make_slide, tree_bytes
-from training.predictor import Predictor
-from training.writers import encode_probabilities
+from training.inference.predictor import Predictor
+from training.io.writers import encode_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

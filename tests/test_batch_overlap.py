@@ -22,7 +22,7 @@ from training.bundle import new_bundle_info, save_bundle
 from training.mirror import mirror_pad
 from training.models import build_model
 from training.normalization import Normalization
-from training.writers import encode_probabilities
+from training.io.writers import encode_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -7,7 +7,7 @@ import copy
 import torch
 
 from tests.conftest import TINY_UNET
-from training.batchnorm import recompute_batchnorm
+from training.loop.batchnorm import recompute_batchnorm
 from training.models import build_model
 
 

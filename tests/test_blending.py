@@ -8,14 +8,14 @@ import torch
 
 from tests.conftest import TINY_UNET
 from tests.test_predictor import SMALL_SMP, assert_exact, make_bundle, random_image
-from training.blending import WEIGHT_FLOOR, BandBlender, gaussian_importance
+from training.inference.blending import WEIGHT_FLOOR, BandBlender, gaussian_importance
 from training.bundle import Bundle, new_bundle_info
 from training.geometry import TileGeometry
 from training.models import build_model
 from training.normalization import Normalization
-from training.predictor import Predictor
-from training.tiling import TileGrid
-from training.writers import Sink, label_dtype
+from training.inference.predictor import Predictor
+from training.inference.tiling import TileGrid
+from training.io.writers import Sink, label_dtype
 
 VALID = TileGeometry(padding="valid", depth=2)
 SAME = TileGeometry(padding="same", depth=3, halo=12, kind="stride")

@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from training.classify import ClassifierConfig, evaluate_classifier, train_classifier
-from training.config import load_config
+from training.loop.classify import ClassifierConfig, evaluate_classifier, train_classifier
+from training.loop.config import load_config
 from training.data.dataset import DatasetError
-from training.trainer import build_network
+from training.loop.trainer import build_network
 
 #: Small timm ResNet; 16 px inputs (the 8x8 digits upsampled).
 ENCODER = "tu-resnet10t"

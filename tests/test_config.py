@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.config import ConfigError, load_config
+from training.loop.config import ConfigError, load_config
 
 BASE = ["data.images=img", "data.masks=mask"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.decision import CALIBRATION_THRESHOLDS, calibrate_threshold, check_threshold, decide
+from training.inference.decision import CALIBRATION_THRESHOLDS, calibrate_threshold, check_threshold, decide
 
 
 def two_class(p1: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from training.images import ImageError, decode_image, match_channels, read_image
+from training.io.images import ImageError, decode_image, match_channels, read_image
 
 
 def png(array: np.ndarray, mode: str | None = None, **kwargs) -> bytes:

@@ -1,4 +1,4 @@
-"""Label offsets under flips and turns (training/label_offset.py): the vector algebra, the
+"""Label offsets under flips and turns (training/data/label_offset.py): the vector algebra, the
 per-view corrections of test-time augmentation, the bilinear move, and what correction buys on
 real ISBI slices with the shipped model."""
 
@@ -12,7 +12,7 @@ import torch
 
 from training.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from training.data.dataset import isbi2012
-from training.label_offset import (
+from training.data.label_offset import (
     bundle_label_offset,
     check_label_offset,
     correction_reach,
@@ -20,7 +20,7 @@ from training.label_offset import (
     shift_maps,
     view_correction,
 )
-from training.predictor import TTA_MODES, Predictor
+from training.inference.predictor import TTA_MODES, Predictor
 
 D4 = TTA_MODES["d4"]
 
@@ -101,7 +101,7 @@ def structures(seed: int, shape=(160, 170)) -> np.ndarray:
 def test_measure_finds_a_known_offset(offset):
     from scipy import ndimage
 
-    from training.label_offset import measure_label_offset
+    from training.data.label_offset import measure_label_offset
 
     pairs = []
     for seed in range(3):
@@ -115,7 +115,7 @@ def test_measure_finds_a_known_offset(offset):
 
 
 def test_measure_refuses_masks_that_do_not_trace_the_images():
-    from training.label_offset import measure_label_offset
+    from training.data.label_offset import measure_label_offset
 
     field = structures(0)
     with pytest.raises(ValueError, match="at the edge of the \\+-4 px searched"):
@@ -129,7 +129,7 @@ def test_measure_refuses_masks_that_do_not_trace_the_images():
 def test_isbi_labels_sit_above_and_left_of_the_membranes():
     """What the recipe's ``data.label_offset: [-0.6, -0.2]`` comes from (slices 0-24)."""
     from training.data.dataset import ISBI_TRAIN
-    from training.label_offset import measure_label_offset
+    from training.data.label_offset import measure_label_offset
 
     examples = isbi2012(ISBI_TRAIN).load_all()
     pooled, each = measure_label_offset([(e.image, e.target == 0) for e in examples])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from training.data import IGNORE_INDEX
-from training.losses import build_loss, cross_entropy, soft_dice
+from training.loop.losses import build_loss, cross_entropy, soft_dice
 
 # Two pixels: a has logits (0, ln 3) -> p = (1/4, 3/4), class 1; b has (0, 0) -> (1/2, 1/2), class 0.
 LOGITS = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]]).reshape(1, 2, 1, 2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.data import IGNORE_INDEX, isbi2012
-from training.metrics import MetricAccumulator, adapted_rand_error, confusion_matrix, evaluate, scores
+from training.loop.metrics import MetricAccumulator, adapted_rand_error, confusion_matrix, evaluate, scores
 
 TARGET = np.array([[0, 0, 1, 1], [0, 1, 1, IGNORE_INDEX]])
 PRED = np.array([[0, 1, 1, 1], [0, 0, 1, 0]])

@@ -12,11 +12,11 @@ from service.cli import main
 from tests.conftest import ISBI, TINY_UNET
 from tests.test_predictor import make_bundle, random_image
 from training.bundle import save_bundle
-from training.images import ImageError, read_image
-from training.overlay import overlay
-from training.predictor import Predictor
-from training.readers import fit_channels, open_image
-from training.writers import TIFF_TILE, encode_probabilities, open_sink
+from training.io.images import ImageError, read_image
+from training.io.overlay import overlay
+from training.inference.predictor import Predictor
+from training.io.readers import fit_channels, open_image
+from training.io.writers import TIFF_TILE, encode_probabilities, open_sink
 
 RGB_UNET = {**TINY_UNET, "in_channels": 3}
 

@@ -12,11 +12,11 @@ import torch
 from tests.conftest import TINY_UNET, randomise_batchnorm
 from training.bundle import Bundle, load_bundle, new_bundle_info
 from training.device import BatchRunner, resolve_device
-from training.images import ImageError
+from training.io.images import ImageError
 from training.models import build_model
 from training.normalization import Normalization
-from training.predictor import Predictor, tta_caveat
-from training.writers import encode_probabilities
+from training.inference.predictor import Predictor, tta_caveat
+from training.io.writers import encode_probabilities
 
 RGB_UNET = {**TINY_UNET, "in_channels": 3, "num_classes": 3, "depth": 3}
 ONE_CLASS = {**TINY_UNET, "num_classes": 1}
@@ -306,7 +306,7 @@ def test_tile_auto_measures_valid_candidates_within_the_budget(gray):
     choice = predictor.tile_choice
     assert predictor.tile == choice.size == max(choice.throughput, key=choice.throughput.get)
     assert len(choice.throughput) >= 3 and all(gray.info.geometry.is_valid_input(s) for s in choice.throughput)
-    from training.predictor import choose_tile
+    from training.inference.predictor import choose_tile
 
     small = choose_tile(predictor, budget=1)  # only the smallest candidate is ever allowed
     assert list(small.throughput) == [min(choice.throughput)]

@@ -24,10 +24,10 @@ from scipy import ndimage
 
 from service.cli import main as tessera
 from tests.service_support import ISBI_SLICE, SMALL_THRESHOLD, TEST_MAX_UPLOAD_BYTES
-from training.images import decode_image, read_image
-from training.overlay import overlay
-from training.predictor import Predictor
-from training.writers import encode_png, encode_probabilities
+from training.io.images import decode_image, read_image
+from training.io.overlay import overlay
+from training.inference.predictor import Predictor
+from training.io.writers import encode_png, encode_probabilities
 
 MAX_UPLOAD_BYTES = TEST_MAX_UPLOAD_BYTES
 RNG = np.random.default_rng(7)

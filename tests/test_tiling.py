@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from training.geometry import InvalidSizeError, TileGeometry
-from training.tiling import TileGrid, axis_tile
+from training.inference.tiling import TileGrid, axis_tile
 
 PAPER = TileGeometry(padding="valid", depth=4)
 SAME = TileGeometry(padding="same", depth=5, halo=64, kind="stride")

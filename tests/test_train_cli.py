@@ -174,8 +174,8 @@ def test_evaluate_and_classifier_errors(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_calibrate_chooses_the_threshold_on_the_images_given(data: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from training.decision import CALIBRATION_THRESHOLDS
-    from training.predictor import Predictor
+    from training.inference.decision import CALIBRATION_THRESHOLDS
+    from training.inference.predictor import Predictor
 
     trained = tmp_path / "model.safetensors"
     assert main(["train", "--config", str(data / "tiny.yaml"), "--output", str(tmp_path / "run"), "--no-progress",

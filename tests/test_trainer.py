@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from training.batchnorm import recompute_batchnorm
+from training.loop.batchnorm import recompute_batchnorm
 from training.bundle import load_bundle, read_bundle_info
-from training.config import load_config
-from training.predictor import Predictor
-from training.trainer import Trainer
+from training.loop.config import load_config
+from training.inference.predictor import Predictor
+from training.loop.trainer import Trainer
 
 ISBI = Path(__file__).resolve().parents[1] / "training" / "assets" / "isbi2012"
 #: Crop of each slice used (pixels per side) and the slices: two train, one validation.
@@ -169,7 +169,7 @@ def test_calibrated_threshold_is_chosen_on_training_images_and_recorded(data: Pa
     assert info.threshold == result.best_metrics["val_threshold"]
     assert read_bundle_info(result.last).threshold == thresholds[-1]
     # The threshold is the best one on the training images (0 and 1), not on the validation image.
-    from training.decision import CALIBRATION_THRESHOLDS
+    from training.inference.decision import CALIBRATION_THRESHOLDS
 
     last = Predictor(result.last, device="cpu", threshold=None)
     train = [(np.asarray(Image.open(data / "image" / f"{n}.png")),
@@ -185,7 +185,7 @@ def test_calibrated_threshold_is_chosen_on_training_images_and_recorded(data: Pa
 
 
 def test_best_bundle_is_calibrated_again_for_test_time_augmentation(data: Path, tmp_path: Path) -> None:
-    from training.decision import CALIBRATION_THRESHOLDS
+    from training.inference.decision import CALIBRATION_THRESHOLDS
 
     result = Trainer(tiny(data, tmp_path / "tta", "run.threshold=calibrate", "run.monitor=pixel_error",
                           "run.epochs=1", "run.overlays=0"), log=quiet).fit()

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from training.data import IGNORE_INDEX, isbi2012
-from training.weightmap import (
+from training.data.weightmap import (
     W0,
     border_weights,
     border_weights_whole_image,

@@ -9,7 +9,7 @@ under the key ``"tessera"``::
      "normalization": {"mode": "image", ...},     # training.normalization.Normalization
      "geometry": {"padding": "valid", "depth": 4, "halo": 92, "kind": "unet"},
      "tile": {"input": 700},                      # default tile input size for inference
-     "threshold": 0.3 | null,                     # decision threshold (training.decision)
+     "threshold": 0.3 | null,                     # decision threshold (training.inference.decision)
      "provenance": {...}, "metrics": {...}}
 
 Loading never unpickles anything (safetensors has no code path that can), and a corrupt,
@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from training.decision import check_threshold
+from training.inference.decision import check_threshold
 from training.geometry import TileGeometry
 from training.models import build_model, measure_halo
 from training.normalization import Normalization
@@ -64,7 +64,7 @@ class BundleInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     #: Two-class models: class 1 where its probability >= threshold (None: argmax); see
-    #: :mod:`training.decision`. Training calibrates it when ``run.threshold`` is ``calibrate``.
+    #: :mod:`training.inference.decision`. Training calibrates it when ``run.threshold`` is ``calibrate``.
     threshold: float | None = None
     #: The threshold calibrated again with test-time augmentation, by mode (``flips``, ``d4``):
     #: averaging views changes the probabilities, so the best threshold may move. Empty: none.

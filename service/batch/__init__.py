@@ -22,10 +22,10 @@ from pathlib import Path
 from service.batch.folder import FolderOptions, FolderReport, Progress, run_folder
 from service.batch.gigapixel import GigapixelReport, is_gigapixel_source, run_gigapixel
 from service.batch.scheduler import IN_PROCESS, PredictorSpec, open_runner, parse_scheduler
-from training.blending import DEFAULT_OVERLAP
+from training.inference.blending import DEFAULT_OVERLAP
 from training.bundle import DEFAULT_BUNDLE, file_sha256
-from training.images import DEFAULT_MAX_PIXELS
-from training.predictor import Predictor, tta_mode
+from training.io.images import DEFAULT_MAX_PIXELS
+from training.inference.predictor import Predictor, tta_mode
 
 __all__ = ["segment_folder", "segment_gigapixel", "FolderReport", "GigapixelReport", "is_gigapixel_source"]
 
@@ -66,8 +66,8 @@ def segment_folder(
     threshold: float | str | None = "bundle",
 ) -> FolderReport:
     """Segment every image of a folder, glob or listing into ``dst`` (see :mod:`service.batch.folder`);
-    ``blend="gaussian"`` averages overlapping tiles (see :mod:`training.blending`); ``threshold``
-    as :class:`~training.predictor.Predictor` takes it (default: the bundle's)."""
+    ``blend="gaussian"`` averages overlapping tiles (see :mod:`training.inference.blending`); ``threshold``
+    as :class:`~training.inference.predictor.Predictor` takes it (default: the bundle's)."""
     parse_scheduler(scheduler)
     spec, predictor = prepare(bundle, tile, batch_size, tta, device, blend, overlap, threshold)
     runner = open_runner(scheduler, spec, predictor)

@@ -4,7 +4,7 @@
   absolute names, drive names, ``..`` components and names reaching out through a symbolic link
   inside DST are refused (:class:`UnsafeNameError`).
 * Every output is written to a hidden temporary name next to it (the project's
-  :func:`training.writers.temporary_path`: ``.NAME.XXXXXXXX.tmp``) and renamed into place, so a
+  :func:`training.io.writers.temporary_path`: ``.NAME.XXXXXXXX.tmp``) and renamed into place, so a
   killed job never leaves a partial file under an output name. A killed job can leave such
   temporaries behind; the next job on the same DST removes them (:func:`sweep_temporaries`), and
   so does a gigapixel job before it finishes its output (a Dask worker killed mid-write leaves
@@ -23,9 +23,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from training.writers import move_into_place, remove, temporary_path
+from training.io.writers import move_into_place, remove, temporary_path
 
-#: Names of the temporaries :func:`training.writers.temporary_path` makes (mkstemp's 8 letters).
+#: Names of the temporaries :func:`training.io.writers.temporary_path` makes (mkstemp's 8 letters).
 TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 #: Names of the temporaries zarr 3's LocalStore writes a key through (``uuid4().hex``, then renamed).
 ZARR_TEMPORARY_NAME = re.compile(r"^.+\.[0-9a-f]{32}\.partial$")

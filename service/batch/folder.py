@@ -40,10 +40,10 @@ from service.batch.files import UnsafeNameError, atomic_write, inside, job_lock,
 from service.batch.manifest import MANIFEST_NAME, Manifest
 from service.batch.scheduler import PredictorSpec, predictor_for
 from training.bundle import file_sha256
-from training.images import DEFAULT_MAX_PIXELS, ImageError
-from training.overlay import overlay
-from training.readers import open_image
-from training.writers import encode_png, encode_probabilities
+from training.io.images import DEFAULT_MAX_PIXELS, ImageError
+from training.io.overlay import overlay
+from training.io.readers import open_image
+from training.io.writers import encode_png, encode_probabilities
 
 #: Image suffixes a folder job picks up (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")

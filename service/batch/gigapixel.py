@@ -27,7 +27,7 @@ The computation is ``dask.array.map_overlap`` over the lazily read input:
   stay on the pooling stride. The first and last chunks carry the padding; the last one up to the
   last tile row's window, which may reach past the image by more than the depth;
 * :func:`segment_block` gets a chunk plus its halo and runs
-  :meth:`~training.predictor.Predictor.predict_region` on it through a
+  :meth:`~training.inference.predictor.Predictor.predict_region` on it through a
   :class:`~training.mirror.PaddedImage`: the tiles are those of the whole image's grid (same
   stride phase, same tile sizes), their windows plain slices of the block, normalised with the
   whole image's statistics (computed once, streamed, before the run). Every chunk is therefore
@@ -68,10 +68,10 @@ import numpy as np
 from service.batch.files import atomic_write, job_lock, sweep_temporaries
 from service.batch.scheduler import PredictorSpec, predictor_for
 from training.mirror import PaddedImage, mirror_window
-from training.overlay import PALETTE
-from training.readers import TIFF_SUFFIXES, ZARR_SUFFIXES, fit_channels, open_image
-from training.tiling import TileGrid
-from training.writers import encode_probabilities, label_dtype, move_into_place, open_sink
+from training.io.overlay import PALETTE
+from training.io.readers import TIFF_SUFFIXES, ZARR_SUFFIXES, fit_channels, open_image
+from training.inference.tiling import TileGrid
+from training.io.writers import encode_probabilities, label_dtype, move_into_place, open_sink
 
 #: Aimed-for chunk edge in output pixels (rounded to a whole number of tile steps).
 CHUNK_TARGET = 1024

@@ -11,7 +11,7 @@
   sees (outputs are written by the workers, chunk by chunk, not shipped back).
 
 The model is loaded once per worker process, not per task: a :class:`PredictorPlugin`
-(a ``distributed`` WorkerPlugin) builds the :class:`~training.predictor.Predictor` in
+(a ``distributed`` WorkerPlugin) builds the :class:`~training.inference.predictor.Predictor` in
 ``setup``; a worker that dies and is restarted by its nanny runs ``setup`` again. Tasks find
 it with :func:`predictor_for`, which is also what the in-process runner uses, so every mode runs
 the same task functions with the same model and settings (outputs are byte-identical).
@@ -36,9 +36,9 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from training.blending import DEFAULT_OVERLAP
+from training.inference.blending import DEFAULT_OVERLAP
 from training.bundle import file_sha256
-from training.predictor import Predictor
+from training.inference.predictor import Predictor
 
 #: The default scheduler: tasks run in the calling process.
 IN_PROCESS = "in-process"
@@ -58,7 +58,7 @@ class PredictorSpec:
     """Everything a worker needs to build the job's predictor, and nothing else (picklable).
 
     ``blend`` / ``overlap`` are the predictor's tile blending (``"none"``: exact crop-only).
-    ``threshold``: two-class decisions as :class:`~training.predictor.Predictor` takes them
+    ``threshold``: two-class decisions as :class:`~training.inference.predictor.Predictor` takes them
     (``"bundle"``: the bundle's own; None: argmax; or a probability).
     ``tile`` is the resolved tile input size (``"auto"`` is measured once, by the client, so
     every worker uses the same tiles); ``sha256`` is the bundle file's hash, checked by each

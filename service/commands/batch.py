@@ -32,7 +32,7 @@ from service.commands.inference import (
     prepare,
     progress_bar,
 )
-from training.images import DEFAULT_MAX_PIXELS
+from training.io.images import DEFAULT_MAX_PIXELS
 
 EXAMPLES = """\
 examples:

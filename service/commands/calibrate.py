@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from service.commands.labelled import add_dataset_options, labelled_folder
-from training.config import CALIBRATION_METRICS
+from training.loop.config import CALIBRATION_METRICS
 from training.data.dataset import ISBI_TRAIN
 
 EXAMPLES = """\
@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from training.bundle import SUFFIX, load_bundle, save_bundle
     from training.device import set_cpu_threads
-    from training.evaluate import calibrate, calibration_subset, check_classes, interior_class
-    from training.predictor import Predictor, tta_caveat
+    from training.loop.evaluate import calibrate, calibration_subset, check_classes, interior_class
+    from training.inference.predictor import Predictor, tta_caveat
 
     if not Path(args.bundle).is_file():
         raise ValueError(f"{args.bundle}: no such bundle file")

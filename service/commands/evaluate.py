@@ -15,7 +15,7 @@ from pathlib import Path
 from service.commands.inference import add_threshold_option, parse_threshold, parse_tile
 from service.commands.labelled import add_dataset_options, labelled_folder
 from training.data.dataset import ISBI_HOLDOUT
-from training.predictor import TTA_MODES
+from training.inference.predictor import TTA_MODES
 
 EXAMPLES = """\
 examples:
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from training.device import set_cpu_threads
-    from training.evaluate import evaluate_bundle
+    from training.loop.evaluate import evaluate_bundle
 
     tile = parse_tile(args.tile)
     if args.threads:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from training.blending import BLEND_MODES, DEFAULT_OVERLAP
+from training.inference.blending import BLEND_MODES, DEFAULT_OVERLAP
 from training.bundle import DEFAULT_BUNDLE, DEFAULT_NAMES
 from training.device import set_cpu_threads
-from training.predictor import TTA_MODES
+from training.inference.predictor import TTA_MODES
 
 
 def add_bundle_argument(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ Flips and 90-degree turns assume labels centred on what they trace; some data se
 fraction of a pixel off (ISBI 2012: 0.6 px above the membranes), and a model trained on plainly
 flipped copies then misses the labels along every edge. This command finds the offset -- the
 peak of the cross-correlation of image intensity with one class's masks, refined to sub-pixel
-precision (:func:`training.label_offset.measure_label_offset`) -- and prints the line to put in a
+precision (:func:`training.data.label_offset.measure_label_offset`) -- and prints the line to put in a
 training config, ``data.label_offset: [dy, dx]`` (pixels; negative: up / left).
 """
 
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from training.label_offset import measure_label_offset
+    from training.data.label_offset import measure_label_offset
 
     folder = labelled_folder(args, ISBI_TRAIN)
     examples = folder.load_all()

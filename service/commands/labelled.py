@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 
 from training.data.dataset import SegmentationFolder, isbi2012
-from training.trainer import select_items
+from training.loop.trainer import select_items
 
 
 def add_dataset_options(parser: argparse.ArgumentParser, default: str) -> None:

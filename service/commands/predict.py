@@ -28,11 +28,11 @@ from service.commands.inference import (
     prepare,
     progress_bar,
 )
-from training.images import DEFAULT_MAX_PIXELS
-from training.overlay import save_overlay
-from training.predictor import Predictor
-from training.readers import fit_channels, open_image
-from training.writers import PNG_MAX_PIXELS, PROBABILITY_DTYPES, TeeSink, ArraySink, label_dtype, open_sink
+from training.io.images import DEFAULT_MAX_PIXELS
+from training.io.overlay import save_overlay
+from training.inference.predictor import Predictor
+from training.io.readers import fit_channels, open_image
+from training.io.writers import PNG_MAX_PIXELS, PROBABILITY_DTYPES, TeeSink, ArraySink, label_dtype, open_sink
 
 EXAMPLES = """\
 examples:

@@ -1,6 +1,6 @@
 """``tessera serve``: the HTTP prediction API (BentoML) for one model bundle.
 
-Starts ``bentoml serve service.http:Tessera`` with the bundle in ``$TESSERA_BUNDLE``; the model
+Starts ``bentoml serve service.http.app:Tessera`` with the bundle in ``$TESSERA_BUNDLE``; the model
 is loaded once per worker. ``/readyz`` answers 200 once it is loaded. Limits come from
 ``TESSERA_MAX_UPLOAD_BYTES`` and ``TESSERA_MAX_PIXELS`` (or the options below).
 """
@@ -21,7 +21,7 @@ examples:
 """
 
 #: The BentoML service the command serves.
-SERVICE = "service.http:Tessera"
+SERVICE = "service.http.app:Tessera"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

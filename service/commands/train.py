@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from training.config import load_config
+from training.loop.config import load_config
 
 EXAMPLES = """\
 examples:
@@ -100,7 +100,7 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.trainer import Trainer
+    from training.loop.trainer import Trainer
 
     if args.export and not args.export.endswith(".safetensors"):
         raise ValueError(f"--export {args.export}: bundle files end in .safetensors")

@@ -25,7 +25,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from training.classify import ClassifierConfig
+    from training.loop.classify import ClassifierConfig
 
     d = ClassifierConfig()
     parser = subparsers.add_parser(
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.classify import ClassifierConfig, train_classifier
+    from training.loop.classify import ClassifierConfig, train_classifier
 
     config = ClassifierConfig(
         encoder=args.encoder, size=args.size, epochs=args.epochs, max_minutes=args.max_minutes,

@@ -5,7 +5,7 @@
 * :mod:`training.data.augment` -- the albumentations pipeline (paper's elastic grid deformation,
   flips, rotations, intensity).
 
-Seeding (DataLoader workers included) is :mod:`training.seeding`.
+Seeding (DataLoader workers included) is :mod:`training.loop.seeding`.
 """
 
 from training.data.dataset import (

@@ -45,7 +45,7 @@ border artefacts; :mod:`training.data.patches` does exactly that.
 
 Randomness: every transform draws from one stream, restarted by :meth:`Augmentation.reseed`.
 albumentations 2.0.8 copies the same random state into every DataLoader worker;
-:func:`training.seeding.worker_init_fn` reseeds each worker's dataset (and so its pipeline).
+:func:`training.loop.seeding.worker_init_fn` reseeds each worker's dataset (and so its pipeline).
 
 Public API: :func:`build_augmentation` -> :class:`Augmentation` (``aug(image, mask, weight)``,
 ``reseed(seed)``, ``reach(size)``), :data:`DEFAULT_AUGMENTATION`, :func:`warp_reach`,
@@ -69,7 +69,7 @@ import yaml
 from albumentations.augmentations.geometric.distortion import BaseDistortion
 from scipy import ndimage
 
-from training.label_offset import check_label_offset, dihedral_vector
+from training.data.label_offset import check_label_offset, dihedral_vector
 
 #: The one border mode for every warp: OpenCV's name for training.mirror's mirror.
 BORDER = cv2.BORDER_REFLECT_101

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from training.images import DEFAULT_MAX_PIXELS, ImageError, channel_count, match_channels, read_image
+from training.io.images import DEFAULT_MAX_PIXELS, ImageError, channel_count, match_channels, read_image
 from training.labels import IGNORE_INDEX
 
 #: File suffixes that are data; anything else in the folders (a README, classes.yaml) is not.
@@ -236,7 +236,7 @@ class SegmentationFolder:
         labels: a :class:`LabelSpec`, a path to a classes file, or None to look for one (see the
             module docstring) and otherwise infer the classes from the masks' values.
         ignore: mask value to ignore; overrides the classes file's ``ignore``.
-        max_pixels: decoding limit per image (see :func:`training.images.read_image`).
+        max_pixels: decoding limit per image (see :func:`training.io.images.read_image`).
 
     Pairing happens at construction; pixels are read by :meth:`load`.
     """

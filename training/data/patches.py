@@ -47,7 +47,7 @@ from training.data.dataset import IGNORE_INDEX, Example
 from training.geometry import TileGeometry
 from training.mirror import mirror_window
 from training.normalization import Normalization, image_statistics, scale_to_unit
-from training.weightmap import SIGMA, W0, class_balance_weights, unet_weight_map
+from training.data.weightmap import SIGMA, W0, class_balance_weights, unet_weight_map
 
 #: Foreground pixels remembered per image for oversampling (a random subset when there are more).
 MAX_FOREGROUND_PIXELS = 10_000
@@ -124,7 +124,7 @@ class PatchDataset(torch.utils.data.Dataset):
         samples_per_epoch: ``len(dataset)``; default: enough output windows to cover every image
             pixel once on average.
         seed: seed of this dataset's generator (DataLoader workers reseed it through
-            :func:`training.seeding.worker_init_fn`).
+            :func:`training.loop.seeding.worker_init_fn`).
     """
 
     def __init__(

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from training.geometry import TileGeometry
-from training.weights import read_state_dict
+from training.models.weights import read_state_dict
 
 #: Prefixes stripped from foreign state-dict keys (DataParallel, our bundles, timm wrappers).
 KEY_PREFIXES = ("module.", "encoder.", "backbone.")

@@ -29,7 +29,7 @@ from scipy import ndimage
 from skimage.metrics import adapted_rand_error as _skimage_adapted_rand_error
 
 from training.labels import IGNORE_INDEX
-from training.weightmap import CONNECTIVITY
+from training.data.weightmap import CONNECTIVITY
 
 
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:

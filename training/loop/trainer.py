@@ -1,6 +1,6 @@
 """The segmentation trainer behind ``tessera train``.
 
-One :class:`Trainer` runs a :class:`~training.config.TrainConfig`:
+One :class:`Trainer` runs a :class:`~training.loop.config.TrainConfig`:
 
 * **model** -- the classic U-Net or any smp architecture/encoder (:func:`training.models.parse_arch`),
   its encoder optionally started from a local file (a torchvision/timm state dict or one of our
@@ -8,27 +8,27 @@ One :class:`Trainer` runs a :class:`~training.config.TrainConfig`:
   frozen means no gradient *and* BatchNorm statistics kept, Keras' ``trainable = False``);
 * **data** -- mirror-extrapolated overlap-tile patches (:mod:`training.data.patches`) with the
   paper's weight map and the albumentations pipeline (:mod:`training.data.augment`), DataLoader
-  workers seeded by :func:`training.seeding.worker_init_fn`;
+  workers seeded by :func:`training.loop.seeding.worker_init_fn`;
 * **optimisation** -- Adam or SGD (momentum 0.99 by default), learning rate constant or poly
   ``lr * (1 - progress) ** 0.9`` where progress is the larger of the step share and the wall-clock
   share of ``run.max_minutes`` (validation included, so the rate reaches 0 when the budget ends);
-  loss from :mod:`training.losses`; channels_last, and autocast as ``run.precision`` asks (mixed
+  loss from :mod:`training.loop.losses`; channels_last, and autocast as ``run.precision`` asks (mixed
   precision on CUDA by default, bf16 on the CPU on request; :mod:`training.device`);
-* **validation** -- whole hold-out images through :class:`training.predictor.Predictor`, the very
-  code ``tessera predict`` runs, scored by :mod:`training.metrics`; before it, optionally, precise
-  BatchNorm statistics from clean training patches (``run.precise_bn``, :mod:`training.batchnorm`)
+* **validation** -- whole hold-out images through :class:`training.inference.predictor.Predictor`, the very
+  code ``tessera predict`` runs, scored by :mod:`training.loop.metrics`; before it, optionally, precise
+  BatchNorm statistics from clean training patches (``run.precise_bn``, :mod:`training.loop.batchnorm`)
   and a decision threshold calibrated on training images (``run.threshold``,
-  :mod:`training.decision`); at the end of the run the best bundle's threshold is calibrated
+  :mod:`training.inference.decision`); at the end of the run the best bundle's threshold is calibrated
   again for each test-time augmentation mode the model trained for (``tta_thresholds``);
 * **outputs** in ``run.output``: ``best.safetensors`` and ``last.safetensors`` bundles (provenance:
   command, config, data, seed, times, versions; validation metrics), ``metrics.csv`` and
   ``metrics.json`` (one row per epoch), ``curves.png`` and ``overlays/*.png`` at the end, and the
-  resume state beside ``last`` (:mod:`training.checkpoint`).
+  resume state beside ``last`` (:mod:`training.loop.checkpoint`).
 
 Reproducibility: every random generator (python, numpy, torch, the augmentation pipeline, the
 DataLoader workers' seeds) is reseeded at the start of each epoch from ``(seed, epoch)``
-(:mod:`training.seeding`), and the optimizer state is restored in the parameters' memory layout
-(:mod:`training.checkpoint`), so ``resume`` continues exactly as an uninterrupted run would:
+(:mod:`training.loop.seeding`), and the optimizer state is restored in the parameters' memory layout
+(:mod:`training.loop.checkpoint`), so ``resume`` continues exactly as an uninterrupted run would:
 bit-identical weights on the CPU with a fixed thread count, with or without worker processes
 (tested). The exception: with ``run.max_minutes`` the poly learning rate and the length of the
 last epoch follow the wall clock, so such runs do not repeat bit for bit.
@@ -55,20 +55,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from training.averaging import WeightAverage
-from training.batchnorm import recompute_batchnorm
+from training.loop.averaging import WeightAverage
+from training.loop.batchnorm import recompute_batchnorm
 from training.bundle import Bundle, bundle_path, file_sha256, load_bundle, new_bundle_info, read_bundle_info, save_bundle
-from training.checkpoint import CheckpointError, load_optimizer, load_state, save_state
-from training.config import LOWER_IS_BETTER, TrainConfig
+from training.loop.checkpoint import CheckpointError, load_optimizer, load_state, save_state
+from training.loop.config import LOWER_IS_BETTER, TrainConfig
 from training.data.augment import build_augmentation
 from training.data.dataset import Example, SegmentationFolder
 from training.data.patches import UNIFORM_WEIGHTS, PatchDataset, WeightMapConfig, dataset_normalization
 from training.device import autocast, autocast_dtype, resolve_device
-from training.losses import build_loss
-from training.evaluate import calibrate, calibration_subset, interior_class, score
+from training.loop.losses import build_loss
+from training.loop.evaluate import calibrate, calibration_subset, interior_class, score
 from training.models import build_model, load_encoder_weights, parse_arch
 from training.normalization import Normalization
-from training.seeding import epoch_seed, seed_everything, worker_init_fn
+from training.loop.seeding import epoch_seed, seed_everything, worker_init_fn
 
 #: File names inside the output folder.
 BEST, LAST = "best.safetensors", "last.safetensors"
@@ -341,7 +341,7 @@ class Trainer:
 
     def _loader(self, seed: int) -> DataLoader:
         """This epoch's batches; the sampling streams restart from ``seed`` (workers: from the
-        torch seed, via :func:`training.seeding.worker_init_fn`)."""
+        torch seed, via :func:`training.loop.seeding.worker_init_fn`)."""
         self.patches.reseed(seed)
         workers = self.config.run.workers
         return DataLoader(
@@ -418,9 +418,9 @@ class Trainer:
         return self.average.model if self.average is not None else self.model
 
     def predictor(self):
-        """A :class:`training.predictor.Predictor` over :attr:`scored_model` (what ``tessera
+        """A :class:`training.inference.predictor.Predictor` over :attr:`scored_model` (what ``tessera
         predict`` runs)."""
-        from training.predictor import Predictor
+        from training.inference.predictor import Predictor
 
         self.info.provenance = self._provenance()
         return Predictor(Bundle(model=self.scored_model, info=self.info), device=self.device)
@@ -447,7 +447,7 @@ class Trainer:
         return {**score(predictions, targets, self.class_names, self.interior_class), **calibrated}
 
     def recompute_batchnorm(self) -> None:
-        """Precise BatchNorm statistics (:mod:`training.batchnorm`) from ``run.precise_bn``
+        """Precise BatchNorm statistics (:mod:`training.loop.batchnorm`) from ``run.precise_bn``
         un-augmented training patches, the same ones at every validation (drawn like training
         patches with the dataset's default foreground share)."""
         if self._clean_patches is None:
@@ -467,7 +467,7 @@ class Trainer:
 
     def calibrate(self, predictor=None) -> float:
         """The decision threshold that scores best on ``run.calibrate_by`` (default: the monitor;
-        pixel error when that is the loss) over :func:`~training.evaluate.calibration_subset` of the
+        pixel error when that is the loss) over :func:`~training.loop.evaluate.calibration_subset` of the
         training images, predicted whole by ``predictor`` (default: :meth:`predictor`, no test-time
         augmentation)."""
         predictor = predictor or self.predictor()
@@ -658,9 +658,9 @@ class Trainer:
         """Calibrate the bundle at ``path`` again for each test-time augmentation mode
         (:data:`TTA_CALIBRATED`) and record the thresholds in it (``tta_thresholds``)."""
         from training.bundle import load_bundle
-        from training.predictor import Predictor
+        from training.inference.predictor import Predictor
 
-        from training.predictor import tta_caveat
+        from training.inference.predictor import tta_caveat
 
         bundle = load_bundle(path)
         thresholds = {
@@ -674,7 +674,7 @@ class Trainer:
 
     def _finish(self) -> dict[str, Path]:
         """The best bundle's thresholds for test-time augmentation; curves and overlays (PNG)."""
-        from training.plots import plot_curves, plot_overlay
+        from training.loop.plots import plot_curves, plot_overlay
 
         files = {"csv": self.output / CSV_NAME, "json": self.output / JSON_NAME}
         if self.config.run.threshold == "calibrate" and (self.output / BEST).is_file():
@@ -686,7 +686,7 @@ class Trainer:
             files["curves"] = plot_curves(self.history, self.output / CURVES_NAME)
         if self.val_examples and self.config.run.overlays and (self.output / BEST).is_file():
             from training.bundle import load_bundle
-            from training.predictor import Predictor
+            from training.inference.predictor import Predictor
 
             predictor = Predictor(load_bundle(self.output / BEST), device=self.device)
             for example in self.val_examples[: self.config.run.overlays]:

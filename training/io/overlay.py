@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.writers import encode_png, move_into_place, remove, temporary_path
+from training.io.writers import encode_png, move_into_place, remove, temporary_path
 
 #: Class colours (RGB), class k uses PALETTE[k % len(PALETTE)]; class 0 is left untinted.
 PALETTE = np.array(

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from training.writers import label_dtype
+from training.io.writers import label_dtype
 
 #: Thresholds :func:`calibrate_threshold` tries: 0.05, 0.10, ..., 0.95.
 CALIBRATION_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))

@@ -3,7 +3,7 @@
     Predictor(bundle, blend="gaussian", overlap=0.25, sigma_scale=0.125)
     tessera predict model.safetensors slide.tif -o labels.zarr --blend gaussian
 
-Tiles overlap by ``overlap`` of their span (:class:`~training.tiling.TileGrid` with
+Tiles overlap by ``overlap`` of their span (:class:`~training.inference.tiling.TileGrid` with
 ``overlap > 0``); each tile's probabilities are weighted by a Gaussian importance map (sigma =
 ``sigma_scale`` x span per axis, as in MONAI's and nnU-Net's sliding windows) and every pixel is the
 weighted mean of the tiles that cover it.
@@ -29,7 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from training.tiling import Box, Tile, TileGrid
+from training.inference.tiling import Box, Tile, TileGrid
 
 #: Blending modes: ``"none"`` = exact crop-only stitching, ``"gaussian"`` = weighted overlap.
 BLEND_MODES = ("none", "gaussian")

@@ -112,7 +112,7 @@ class LossConfig:
 class OptimConfig:
     """Adam, or SGD with momentum (the paper's 0.99); ``schedule`` ``poly`` is nnU-Net's
     ``lr * (1 - step/steps) ** poly_power``. ``ema``: the decay of a moving average of the weights
-    after every step (:mod:`training.averaging`), validated and saved in place of the live weights
+    after every step (:mod:`training.loop.averaging`), validated and saved in place of the live weights
     (0: off; 0.99 averages over about the last 100 steps)."""
 
     name: Literal["adam", "sgd"] = "adam"
@@ -134,10 +134,10 @@ class RunConfig:
     tasks, how labels come from probabilities: ``argmax``, or ``calibrate`` -- at every validation
     the decision threshold that scores best on ``calibrate_by`` (default: ``monitor``; pixel error
     for ``loss``) over up to five *training* images, whole and un-augmented, is chosen, used for
-    that validation and recorded in the bundles (:mod:`training.decision`); the monitor still
+    that validation and recorded in the bundles (:mod:`training.inference.decision`); the monitor still
     picks the best epoch. ``precise_bn``: before every validation,
     re-estimate BatchNorm statistics as the exact mean over this many un-augmented training
-    patches (0: keep the training-time moving averages; :mod:`training.batchnorm`).
+    patches (0: keep the training-time moving averages; :mod:`training.loop.batchnorm`).
     ``precision`` of the training steps (:func:`training.device.autocast_dtype`): ``auto`` (mixed
     bf16/fp16 on CUDA, float32 on the CPU), ``float32``, ``bfloat16`` (also on the CPU: about 2x
     faster where the CPU has bf16 instructions) or ``float16`` (CUDA). Validation and the saved
@@ -214,7 +214,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{key}: {problem}")
         from training.data.augment import read_config
-        from training.label_offset import check_label_offset
+        from training.data.label_offset import check_label_offset
 
         try:
             read_config(self.augment)

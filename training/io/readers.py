@@ -8,13 +8,13 @@ TIFF or zarr image larger than memory is never loaded whole.
 * TIFF / BigTIFF (``.tif``, ``.tiff``, ``.btf``): the first series' full-resolution level through
   tifffile's zarr store (``aszarr``): tiled or striped files are decoded tile by tile;
 * zarr v3 (``.zarr``): an array, or an OME-Zarr group (its full-resolution ``"0"`` array);
-* PNG, JPEG, BMP ...: decoded in memory by :func:`training.images.read_image` (the one decoding
+* PNG, JPEG, BMP ...: decoded in memory by :func:`training.io.images.read_image` (the one decoding
   policy, with its header-first pixel limit);
 * in-memory numpy arrays are sources as they are.
 
 Channel-first layouts (``(C, H, W)`` with C <= 4, planar TIFFs) are presented channels-last.
 :func:`fit_channels` adapts a gray source to an RGB model (replicated), as
-:func:`training.images.match_channels` does for decoded images.
+:func:`training.io.images.match_channels` does for decoded images.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.images import DEFAULT_MAX_PIXELS, ImageError, match_channels, read_image
+from training.io.images import DEFAULT_MAX_PIXELS, ImageError, match_channels, read_image
 from training.mirror import ArrayLike2D
 
 #: File suffixes read lazily, by kind.
@@ -129,7 +129,7 @@ def open_zarr(path: str | Path) -> ArrayLike2D:
 def open_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ArrayLike2D:
     """Open an image file as a source: TIFF and zarr lazily, other formats decoded in memory.
 
-    Raises :class:`~training.images.ImageError` (reasons: corrupt, unsupported, shape,
+    Raises :class:`~training.io.images.ImageError` (reasons: corrupt, unsupported, shape,
     too_large) naming the file.
     """
     path = Path(path)

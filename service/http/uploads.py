@@ -5,7 +5,7 @@ a raw body with an image content type. Request bodies are capped by :class:`Body
 middleware in front of every route (over the cap: 413 before the rest is read, also for BentoML's
 task routes, which read the whole body before any service code runs); the multipart form is
 parsed here with python-multipart (Starlette's form parser turns a large part without a filename
-into a server error); pixels are decoded by the one policy in :mod:`training.images`, which checks
+into a server error); pixels are decoded by the one policy in :mod:`training.io.images`, which checks
 the pixel limit on the header before decoding. :func:`open_upload` opens an uploaded file for the
 tiler: a TIFF lazily, window by window, anything else decoded.
 
@@ -24,11 +24,11 @@ from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from training.images import TIFF_MAGIC, ImageError, decode_image
+from training.io.images import TIFF_MAGIC, ImageError, decode_image
 from training.mirror import ArrayLike2D
-from training.readers import open_image
+from training.io.readers import open_image
 
-#: HTTP status for each reason :class:`training.images.ImageError` gives.
+#: HTTP status for each reason :class:`training.io.images.ImageError` gives.
 STATUS_FOR_REASON = {
     "empty": 400,
     "corrupt": 400,
@@ -179,7 +179,7 @@ async def read_upload(request: Request) -> bytes:
 
 
 def decode_upload(data: bytes, limits: Limits):
-    """Pixels of an uploaded image (see :func:`training.images.decode_image`), or an UploadError."""
+    """Pixels of an uploaded image (see :func:`training.io.images.decode_image`), or an UploadError."""
     try:
         return decode_image(data, max_pixels=limits.max_pixels)
     except ImageError as error:
@@ -192,7 +192,7 @@ def open_upload(path: Path, limits: Limits) -> ArrayLike2D:
     The kind comes from the file's first bytes, never from the client's file name: a TIFF/BigTIFF
     is opened lazily (read window by window, so a huge upload is never decoded whole); anything
     else is decoded in memory (PNG and JPEG cannot be read by window). The pixel limit is checked
-    on the header. The file is renamed with the suffix :func:`training.readers.open_image` reads
+    on the header. The file is renamed with the suffix :func:`training.io.readers.open_image` reads
     by, and the server's temporary path never appears in an error.
     """
     with path.open("rb") as file:

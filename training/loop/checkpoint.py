@@ -5,13 +5,13 @@ needs to continue *exactly* is written next to it:
 
 * ``last.state.safetensors`` -- the optimizer's tensors (Adam moments, SGD momentum buffers,
   step counters), flattened to ``optimizer/<param index>/<name>``, and, when the bundle holds other
-  weights than the ones being trained (a moving average, :mod:`training.averaging`), the trained
+  weights than the ones being trained (a moving average, :mod:`training.loop.averaging`), the trained
   model's state as ``model/<name>``;
 * ``last.state.json`` -- the optimizer's non-tensor state (param groups, learning rates), the
   epoch and step counters, elapsed seconds, the early-stopping record and the metric history.
 
 Random state need not be saved: the trainer reseeds every random generator at the start of each
-epoch from ``(seed, epoch)`` (:mod:`training.seeding`), so a run resumed at an epoch boundary
+epoch from ``(seed, epoch)`` (:mod:`training.loop.seeding`), so a run resumed at an epoch boundary
 draws the same patches and augmentations as an uninterrupted one. :func:`load_optimizer` puts the
 optimizer's tensors back in their parameters' memory layout (channels_last for convolutions; a
 safetensors file stores them contiguous), so the resumed updates run the kernels the

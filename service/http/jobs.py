@@ -1,9 +1,9 @@
 """Asynchronous segmentation jobs: an uploaded image file streamed through the tiler into a file.
 
-The HTTP task ``segment_job`` (:mod:`service.http`) calls :func:`segment_file`. The upload is a
+The HTTP task ``segment_job`` (:mod:`service.http.app`) calls :func:`segment_file`. The upload is a
 file on disk (BentoML writes the multipart part to a request temporary directory); a TIFF/BigTIFF
-is opened lazily (:func:`service.uploads.open_upload`) and the labels are written tile by tile
-with :meth:`training.predictor.Predictor.predict_to` into a file sink of :mod:`training.writers`,
+is opened lazily (:func:`service.http.uploads.open_upload`) and the labels are written tile by tile
+with :meth:`training.inference.predictor.Predictor.predict_to` into a file sink of :mod:`training.io.writers`,
 so memory is bounded by the tile batch and the sink's row bands, not by the image:
 
 * ``tiff`` -- a tiled, zlib-compressed BigTIFF of class indices (what ``tessera predict -o x.tif``
@@ -22,9 +22,9 @@ from enum import Enum
 from pathlib import Path
 
 from training.mirror import ArrayLike2D
-from training.predictor import Predictor
-from training.readers import fit_channels
-from training.writers import label_dtype, open_sink
+from training.inference.predictor import Predictor
+from training.io.readers import fit_channels
+from training.io.writers import label_dtype, open_sink
 
 
 class JobFormat(str, Enum):

@@ -15,7 +15,7 @@ Overlap-tile (Ronneberger et al. 2015) for any :class:`~training.geometry.TileGe
 A tile's model output covers image rows ``[y0 - context + margin, y0 - context + tile - margin)``;
 the rows it keeps start at offset ``context - margin`` inside that output (0 for valid padding).
 
-With ``overlap > 0`` (Gaussian blending, :mod:`training.blending`) tiles overlap instead of
+With ``overlap > 0`` (Gaussian blending, :mod:`training.inference.blending`) tiles overlap instead of
 abutting: a tile contributes its whole usable output, ``span = output - 2 * (context - margin)``
 pixels from its block start, and consecutive tiles start ``step = (1 - overlap) * span`` apart,
 rounded down to the stride (so inputs stay on the same stride grid). ``overlap = 0`` is the

@@ -10,7 +10,7 @@ Data layout::
 
     root/cat/001.png  root/cat/002.jpg  root/dog/...     one sub-folder per class (sorted names)
 
-Images are decoded with :func:`training.images.read_image`, fitted to one channel count, resized
+Images are decoded with :func:`training.io.images.read_image`, fitted to one channel count, resized
 to ``size x size`` pixels (``cv2.INTER_AREA`` when shrinking, bilinear when growing) and normalised
 per image (:class:`training.normalization.Normalization`, recorded in the bundle). Training
 augments with random translations of up to ``shift`` pixels, cut from a mirror-padded copy
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from training.bundle import Bundle, BundleInfo, load_bundle, save_bundle
 from training.data.dataset import IMAGE_SUFFIXES, DatasetError, natural_key
 from training.device import resolve_device
-from training.images import ImageError, channel_count, match_channels, read_image
+from training.io.images import ImageError, channel_count, match_channels, read_image
 from training.mirror import mirror_pad
 from training.models import build_model, parse_arch
 from training.normalization import Normalization

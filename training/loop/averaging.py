@@ -9,7 +9,7 @@ the direction and cancels much of the noise (Polyak averaging; timm's ``ModelEma
 the average does not stay anchored to the random initialisation.
 
 Only parameters are averaged; buffers (BatchNorm running statistics) are copied from the live model,
-and precise BatchNorm (``run.precise_bn``, :mod:`training.batchnorm`) re-estimates them for the
+and precise BatchNorm (``run.precise_bn``, :mod:`training.loop.batchnorm`) re-estimates them for the
 averaged weights before every validation. The average is a whole model in the live one's memory
 layout (channels_last), so validation, bundles and the Predictor use it as they would the model.
 

@@ -1,6 +1,6 @@
 """The HTTP prediction API: a BentoML 1.4 service, a thin layer over the one predictor.
 
-Serve it with ``tessera serve`` (or ``bentoml serve service.http:Tessera``). The model bundle is
+Serve it with ``tessera serve`` (or ``bentoml serve service.http.app:Tessera``). The model bundle is
 ``$TESSERA_BUNDLE`` (default: the shipped model), loaded once per worker in ``__init__``, never at
 import. Device ``auto``: CUDA when present (``resources={"gpu": 1}``), else the CPU with
 ``torch.set_num_threads`` set to this worker's share of the cores (BentoML's new-style services do
@@ -18,7 +18,7 @@ Routes (OpenAPI at ``/docs.json``, Swagger UI at ``/``):
   ``tessera_pixels_segmented_total``) -- from BentoML.
 
 Every refused request gets a 4xx with a JSON body ``{"error": ..., "detail": ...}`` (task
-routes: BentoML's ``{"error": ...}``). Request bodies are capped by :class:`service.uploads.BodyLimit`.
+routes: BentoML's ``{"error": ...}``). Request bodies are capped by :class:`service.http.uploads.BodyLimit`.
 """
 
 from __future__ import annotations
@@ -42,16 +42,16 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from service.jobs import JobFormat, segment_file
-from service.responses import class_statistics, coco_objects, geojson_objects
-from service.uploads import STATUS_FOR_REASON, BodyLimit, Limits, UploadError, decode_upload, open_upload, read_upload
+from service.http.jobs import JobFormat, segment_file
+from service.http.responses import class_statistics, coco_objects, geojson_objects
+from service.http.uploads import STATUS_FOR_REASON, BodyLimit, Limits, UploadError, decode_upload, open_upload, read_upload
 from training.bundle import DEFAULT_BUNDLE, BundleInfo, load_bundle
-from training.decision import decide
+from training.inference.decision import decide
 from training.device import set_cpu_threads
-from training.images import ImageError, match_channels
-from training.overlay import overlay
-from training.predictor import Predictor
-from training.writers import encode_png, encode_probabilities
+from training.io.images import ImageError, match_channels
+from training.io.overlay import overlay
+from training.inference.predictor import Predictor
+from training.io.writers import encode_png, encode_probabilities
 
 #: Environment variables the service reads (documented in the README).
 BUNDLE_ENV = "TESSERA_BUNDLE"

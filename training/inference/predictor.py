@@ -7,7 +7,7 @@ service and the batch jobs.
     pred.probabilities                            # (K, H, W) float32
     p.predict_to(open_image("slide.tif"), labels=open_sink("out.zarr", ...))   # streamed
 
-How it works (see :mod:`training.tiling` for the grid):
+How it works (see :mod:`training.inference.tiling` for the grid):
 
 * normalisation statistics are computed ONCE per image (streamed for lazy sources) and applied
   to every tile window, never per tile;
@@ -16,13 +16,13 @@ How it works (see :mod:`training.tiling` for the grid):
 * each tile writes only its own output block to the sinks; nothing image-sized is held in
   float, and there is no count map (blocks abut, every pixel is computed once);
 * optionally (``blend="gaussian"``) tiles overlap and are averaged with Gaussian weights in a
-  rolling band of rows, for models where exactness cannot hold (see :mod:`training.blending`);
+  rolling band of rows, for models where exactness cannot hold (see :mod:`training.inference.blending`);
 * probabilities are the softmax over classes (sigmoid for a one-class model), averaged over the
   test-time augmentations if any (for a model trained with labels drawn off-centre, each view's
-  probabilities are first moved back where the labels sit, :mod:`training.label_offset`, and
+  probabilities are first moved back where the labels sit, :mod:`training.data.label_offset`, and
   tiles read that many more pixels of context); labels are their argmax (``p > 0.5`` for one
   class), or for a bundle with a calibrated decision threshold ``p1 >= threshold``
-  (:mod:`training.decision`; with test-time augmentation the threshold calibrated for it).
+  (:mod:`training.inference.decision`; with test-time augmentation the threshold calibrated for it).
 
 :meth:`Predictor.predict_whole` is the reference: ONE forward pass over the whole mirror-padded
 image. For a valid-padded U-Net the tiled result equals it (tests: max |diff| <= 1e-5, identical
@@ -43,18 +43,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.blending import DEFAULT_OVERLAP, DEFAULT_SIGMA_SCALE, BandBlender, check_blend
+from training.inference.blending import DEFAULT_OVERLAP, DEFAULT_SIGMA_SCALE, BandBlender, check_blend
 from training.bundle import DEFAULT_BUNDLE, Bundle, BundleInfo, load_bundle
-from training.decision import check_threshold, decide
+from training.inference.decision import check_threshold, decide
 from training.device import BatchRunner, autocast, prepare_model, resolve_device
 from training.geometry import TileGeometry
-from training.images import ImageError, channel_count
-from training.label_offset import bundle_label_offset, correction_reach, shift_maps, view_correction
+from training.io.images import ImageError, channel_count
+from training.data.label_offset import bundle_label_offset, correction_reach, shift_maps, view_correction
 from training.mirror import ArrayLike2D, mirror_window
 from training.normalization import Normalization
-from training.readers import fit_channels
-from training.tiling import Box, Tile, TileGrid, check_region
-from training.writers import ArraySink, Sink, as_sink, encode_probabilities, label_dtype
+from training.io.readers import fit_channels
+from training.inference.tiling import Box, Tile, TileGrid, check_region
+from training.io.writers import ArraySink, Sink, as_sink, encode_probabilities, label_dtype
 
 #: Tiles per forward pass when the caller does not say. 1 on the CPU: oneDNN results differ in the
 #: last bits with the batch size, and one tile per pass makes a region computed alone (a Dask block)
@@ -102,7 +102,7 @@ class Predictor:
         batch_size: tiles per forward pass (halved automatically on out-of-memory).
         tta: test-time augmentation: ``False``/"none", ``"flips"`` (4), ``True``/"d4" (8 dihedral).
         blend: ``"none"`` (exact crop-only stitching) or ``"gaussian"`` (overlapping tiles averaged
-            with Gaussian weights, for instance/group-norm models; see :mod:`training.blending`).
+            with Gaussian weights, for instance/group-norm models; see :mod:`training.inference.blending`).
         overlap: with ``blend="gaussian"``, the share of a tile's span its neighbour repeats.
         sigma_scale: with ``blend="gaussian"``, the Gaussian's sigma as a share of the span.
         threshold: two-class models: ``"bundle"`` (the bundle's calibrated threshold -- the one
@@ -235,7 +235,7 @@ class Predictor:
     ) -> None:
         """Stream a (possibly lazy, larger than memory) image into sinks, tile by tile.
 
-        ``labels`` / ``probabilities`` are :class:`~training.writers.Sink` objects or
+        ``labels`` / ``probabilities`` are :class:`~training.io.writers.Sink` objects or
         arrays with slice assignment of shape ``(H, W)`` / ``(K, H, W)``; a uint8 probability
         sink receives ``round(255 p)``, a float sink the value. Either may be ``None``.
         """
@@ -275,7 +275,7 @@ class Predictor:
         image = np.asarray(image)
         if image.ndim not in (2, 3) or image.shape[0] < 1 or image.shape[1] < 1:
             raise ImageError(f"image shape {image.shape} is not a non-empty (H, W) or (H, W, C) array", "shape")
-        from training.images import match_channels
+        from training.io.images import match_channels
 
         return match_channels(image, self.info.in_channels)
 
@@ -310,7 +310,7 @@ class Predictor:
         return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
     def _labels(self, probs: np.ndarray) -> np.ndarray:
-        """Class indices from ``(K, h, w)`` probabilities (:func:`training.decision.decide`)."""
+        """Class indices from ``(K, h, w)`` probabilities (:func:`training.inference.decision.decide`)."""
         return decide(probs, self.threshold)
 
     def _windows(self, source: ArrayLike2D, tiles: list[Tile], stats: Stats) -> np.ndarray:
@@ -392,7 +392,7 @@ class Predictor:
 
 def tta_corrections(info: BundleInfo, transforms: list[tuple[int, bool]]) -> list[tuple[float, float]] | None:
     """Per test-time view, the move that puts its un-viewed probabilities back where a model
-    trained with ``data.label_offset`` draws labels (:func:`training.label_offset.view_correction`);
+    trained with ``data.label_offset`` draws labels (:func:`training.data.label_offset.view_correction`);
     None when there is one view or the labels were centred."""
     offset = bundle_label_offset(info.provenance)
     if len(transforms) < 2 or not any(offset):

@@ -1,7 +1,7 @@
 """Evaluate a segmentation bundle on a dataset, through the same Predictor ``tessera predict`` uses.
 
-Every image is predicted whole (tiled exactly by :class:`training.predictor.Predictor`) and scored
-against its mask with :mod:`training.metrics`: pixel error, Dice and IoU per class and their means
+Every image is predicted whole (tiled exactly by :class:`training.inference.predictor.Predictor`) and scored
+against its mask with :mod:`training.loop.metrics`: pixel error, Dice and IoU per class and their means
 (pooled over all pixels of all images, as the ISBI figures are), and the adapted Rand error of the
 interior class (mean over images). The training loop validates with :func:`score` too, so the
 numbers a run logs are the numbers ``tessera evaluate`` reports.
@@ -10,7 +10,7 @@ Metric names (flat): ``pixel_error``, ``dice``, ``iou`` (means over classes), ``
 ``iou_<class>``, ``rand_error`` (two-class tasks, or when an interior class is named).
 
 :func:`calibrate` chooses a two-class model's decision threshold on labelled images by one of
-:data:`training.config.CALIBRATION_METRICS`; the trainer (``run.threshold: calibrate``) and ``tessera calibrate``
+:data:`training.loop.config.CALIBRATION_METRICS`; the trainer (``run.threshold: calibrate``) and ``tessera calibrate``
 both use it.
 """
 
@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from training.bundle import Bundle, load_bundle
-from training.config import CALIBRATION_METRICS, LOWER_IS_BETTER
+from training.loop.config import CALIBRATION_METRICS, LOWER_IS_BETTER
 from training.data.dataset import Example, SegmentationFolder
-from training.decision import CALIBRATION_THRESHOLDS, calibrate_threshold
-from training.metrics import MetricAccumulator
+from training.inference.decision import CALIBRATION_THRESHOLDS, calibrate_threshold
+from training.loop.metrics import MetricAccumulator
 
 if TYPE_CHECKING:
-    from training.predictor import Predictor
+    from training.inference.predictor import Predictor
 
 
 #: How many training images (evenly spaced) ``run.threshold: calibrate`` chooses the threshold on.
@@ -82,7 +82,7 @@ def evaluate_bundle(
     """Predict and score every example; returns ``{"metrics", "images": [{"name", metrics...}],
     "seconds", "bundle"}``. ``overlays``: a folder for ``<name>.png`` figures (image, truth,
     prediction with errors in red)."""
-    from training.predictor import Predictor
+    from training.inference.predictor import Predictor
 
     predictor = Predictor(bundle if isinstance(bundle, Bundle) else load_bundle(bundle) if bundle else None,
                           device=device, tile=tile, tta=tta, threshold=threshold)
@@ -101,7 +101,7 @@ def evaluate_bundle(
         total.update(labels, example.target)
         per_image.append({"name": example.name, **score([labels], [example.target], classes, interior)})
         if overlays is not None:
-            from training.plots import plot_overlay
+            from training.loop.plots import plot_overlay
 
             shown = np.where(example.target < 0, labels, example.target)
             plot_overlay(example.image, shown, labels, Path(overlays) / f"{example.name}.png", example.name)
@@ -141,9 +141,9 @@ def calibrate(
 ) -> tuple[float, float]:
     """The decision threshold (class 1 where ``p1 >= t``) whose labels score best on ``metric``
     over ``examples``, each predicted whole by ``predictor`` (a two-class
-    :class:`~training.predictor.Predictor`, with the test-time augmentation it will be used
+    :class:`~training.inference.predictor.Predictor`, with the test-time augmentation it will be used
     with), and that score. Scores pool the examples as :func:`score` does; ties go to the
-    threshold nearest 0.5 (:func:`training.decision.calibrate_threshold`)."""
+    threshold nearest 0.5 (:func:`training.inference.decision.calibrate_threshold`)."""
     if metric not in CALIBRATION_METRICS:
         raise ValueError(f"cannot calibrate by {metric!r}; choose one of {', '.join(CALIBRATION_METRICS)}")
     classes = list(predictor.info.classes)

@@ -1,0 +1,1 @@
+"""The HTTP API: the BentoML service, uploads, responses and jobs."""

@@ -1,0 +1,1 @@
+"""The training loop: config, trainer, losses, metrics, checkpoints, evaluation, classifier pretraining."""
