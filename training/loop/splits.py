@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from torch.utils.data import DataLoader
+
 from training.data.augment import build_augmentation
 from training.data.dataset import Example, LabelSpec, SegmentationFolder
 from training.data.patches import UNIFORM_WEIGHTS, PatchDataset, WeightMapConfig, dataset_normalization
 from training.geometry import TileGeometry
 from training.loop.config import DataConfig, TrainConfig
 from training.loop.evaluate import interior_class
+from training.loop.seeding import worker_init_fn
 from training.normalization import Normalization
 
 
@@ -113,4 +117,18 @@ def training_patches(config: TrainConfig, splits: Splits, geometry: TileGeometry
         foreground_share=c.data.foreground_fraction,
         samples_per_epoch=c.patch.samples_per_epoch,
         seed=c.run.seed,
+    )
+
+
+def training_loader(patches: PatchDataset, config: TrainConfig, device: torch.device) -> DataLoader:
+    """Batches of ``patches`` in ``run.workers`` worker processes (seeded from the torch seed by
+    :func:`training.loop.seeding.worker_init_fn`), pinned for a CUDA ``device``."""
+    workers = config.run.workers
+    return DataLoader(
+        patches,
+        batch_size=config.patch.batch_size,
+        num_workers=workers,
+        worker_init_fn=worker_init_fn if workers else None,
+        pin_memory=device.type == "cuda",
+        drop_last=False,
     )

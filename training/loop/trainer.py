@@ -47,16 +47,14 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import DataLoader
 
 from training.bundle import Bundle, new_bundle_info
 from training.device import autocast, resolve_device
 from training.inference.predictor import Predictor
-from training.loop.artifacts import BEST, LAST, RunArtifacts, now, provenance, run_description
+from training.loop.artifacts import RunArtifacts, now, provenance, run_description
 from training.loop.averaging import WeightAverage
-from training.loop.checkpoint import CheckpointError, load_optimizer, load_state, save_state
+from training.loop.checkpoint import restore, save_state
 from training.loop.config import LOWER_IS_BETTER, TrainConfig
 from training.loop.losses import build_loss
 from training.loop.network import (
@@ -67,8 +65,8 @@ from training.loop.network import (
     scheduled_lr,
     set_encoder_frozen,
 )
-from training.loop.seeding import epoch_seed, seed_everything, worker_init_fn
-from training.loop.splits import load_splits, training_patches
+from training.loop.seeding import epoch_seed, seed_everything
+from training.loop.splits import load_splits, training_loader, training_patches
 from training.loop.validation import Validation
 
 
@@ -160,20 +158,6 @@ class Trainer:
         return scheduled_lr(self.config.optim, self.progress())
 
     # ------------------------------------------------------------------ one epoch
-    def _loader(self, seed: int) -> DataLoader:
-        """This epoch's batches; the sampling streams restart from ``seed`` (workers: from the
-        torch seed, via :func:`training.loop.seeding.worker_init_fn`)."""
-        self.patches.reseed(seed)
-        workers = self.config.run.workers
-        return DataLoader(
-            self.patches,
-            batch_size=self.config.patch.batch_size,
-            num_workers=workers,
-            worker_init_fn=worker_init_fn if workers else None,
-            pin_memory=self.device.type == "cuda",
-            drop_last=False,
-        )
-
     def train_epoch(self, deadline: float | None, progress=None, task=None) -> tuple[dict[str, float], bool]:
         """Train one epoch (or until ``deadline``, ``time.monotonic()`` seconds); returns the mean
         loss and whether the deadline cut the epoch short."""
@@ -185,7 +169,8 @@ class Trainer:
             set_encoder_frozen(self.model, True)
         elif self.config.model.freeze_encoder_epochs:
             set_encoder_frozen(self.model, False)
-        loader = self._loader(seed)
+        self.patches.reseed(seed)
+        loader = training_loader(self.patches, self.config, self.device)
         lr = self.learning_rate()
         total, count, samples = 0.0, 0, 0
         cut = False
@@ -282,18 +267,8 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue from ``last.safetensors`` and its state in the output folder."""
-        last = self.artifacts.last
-        optimizer, record, trained = load_state(last)
-        tensors = load_file(str(last))
-        if self.average is not None:
-            if not trained:
-                raise CheckpointError(f"{last}: saved without optim.ema; resume with the run's own config")
-            self.average.model.load_state_dict(tensors, strict=True)
-            tensors = trained
-        elif trained:
-            raise CheckpointError(f"{last}: saved with optim.ema; resume with the run's own config")
-        self.model.load_state_dict(tensors, strict=True)
-        load_optimizer(self.optimizer, optimizer)
+        average = self.average.model if self.average is not None else None
+        record = restore(self.artifacts.last, self.model, self.optimizer, average)
         self.epoch, self.step, self.elapsed = record["epoch"], record["step"], record["elapsed"]
         self.wall = record.get("wall", record["elapsed"])
         self.best_score, self.best_epoch = record["best_score"], record["best_epoch"]
