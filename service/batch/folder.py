@@ -40,13 +40,11 @@ from service.batch.files import UnsafeNameError, atomic_write, inside, job_lock,
 from service.batch.manifest import MANIFEST_NAME, Manifest
 from service.batch.scheduler import PredictorSpec, predictor_for
 from training.bundle import file_sha256
-from training.io.images import DEFAULT_MAX_PIXELS, ImageError
+from training.io.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError
 from training.io.overlay import overlay
 from training.io.readers import open_image
 from training.io.writers import encode_png, encode_probabilities
 
-#: Image suffixes a folder job picks up (case-insensitive).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 #: Suffixes of listing files (one image path per line).
 LISTING_SUFFIXES = (".txt", ".lst")
 #: Characters that make SRC a glob pattern.
