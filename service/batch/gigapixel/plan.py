@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from training.inference.tiling import TileGrid
@@ -72,10 +73,19 @@ def chunk_shape(height: int, width: int, step_h: int, step_w: int, chunk: int | 
 
 
 def plan_chunks(predictor, height: int, width: int, chunk: int | None) -> tuple[OverlapPlan, tuple[int, int]]:
-    """The map_overlap plan and the chunk edges of a ``height x width`` job with ``predictor``."""
+    """The map_overlap plan and the chunk edges of a ``height x width`` job with ``predictor``.
+
+    dask wants every input chunk at least as deep as the overlap, the last one included: when the
+    last chunk (the image's remainder plus the padding beyond it) is smaller, the padding beyond
+    the image grows to fill it (mirrored pixels no tile reads)."""
     grid = predictor.grid(height, width)
     plan = overlap_plan(grid)
-    return plan, chunk_shape(height, width, grid.step_h, grid.step_w, chunk, plan.least_chunk)
+    chunks = chunk_shape(height, width, grid.step_h, grid.step_w, chunk, plan.least_chunk)
+    beyond = tuple(
+        max(pad, least - (length - (-(-length // edge) - 1) * edge))
+        for pad, least, length, edge in zip(plan.beyond, plan.least_chunk, (height, width), chunks)
+    )
+    return dataclasses.replace(plan, beyond=beyond), chunks
 
 
 @dataclass(frozen=True)
