@@ -17,8 +17,8 @@ class OverlapPlan:
     """The map_overlap geometry, per axis ``(y, x)``, in pixels.
 
     ``before`` / ``after``: the depth -- input a chunk's tiles read before its first and after its
-    last output pixel; ``beyond``: the mirror padding after the image's end, at least to the end of the
-    last tile row's window (the padding before it is ``before``).
+    last output pixel; ``beyond``: the mirror padding after the image's end, at least to the end
+    of the last tile row's window (the padding before it is ``before``).
     """
 
     before: tuple[int, int]
