@@ -160,7 +160,7 @@ class Predictor:
         if tile is None:
             tile = int(self.info.tile.get("input", 0)) or self.geometry.input_size_for(388)
         if tile == AUTO_TILE:
-            self.tile_choice = choose_tile(self)
+            self.tile_choice: TileChoice = choose_tile(self)
             return self.tile_choice.size
         tile = int(tile)
         self.geometry.check_input(tile)
