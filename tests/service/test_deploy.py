@@ -20,9 +20,9 @@ import bentoml
 import pytest
 import yaml
 
-from tests.service_support import stop_process_group
+from tests.support.paths import ROOT
+from tests.support.server import stop_process_group
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
 BENTOFILE = ROOT / "bentofile.yaml"

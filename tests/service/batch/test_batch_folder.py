@@ -15,18 +15,13 @@ import tifffile
 from service.batch import segment_folder
 from service.batch.files import UnsafeNameError, job_lock, safe_relative
 from service.cli import main
-from tests.batch_support import TILE, make_bundle, make_folder, tree_bytes
+from tests.support.batch import TILE, make_folder, tree_bytes
 from training.io.images import read_image
 from training.io.overlay import overlay
 from training.inference.predictor import Predictor
 from training.io.writers import encode_png, encode_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
 
 
 def manifest(dst: Path) -> dict[str, dict]:
