@@ -22,6 +22,8 @@ from pathlib import Path
 from service.batch.folder import FolderOptions, FolderReport, Progress, run_folder
 from service.batch.gigapixel import GigapixelReport, is_gigapixel_source, run_gigapixel
 from service.batch.scheduler import IN_PROCESS, PredictorSpec, open_runner, parse_scheduler
+from training.bundle import BundleError
+from training.errors import OptionError
 from training.inference.blending import DEFAULT_OVERLAP
 from training.bundle import DEFAULT_BUNDLE, file_sha256
 from training.io.images import DEFAULT_MAX_PIXELS
@@ -36,7 +38,7 @@ def prepare(bundle, tile, batch_size, tta, device, blend: str = "none",
     the picklable spec workers rebuild it from."""
     path = Path(bundle) if bundle is not None else DEFAULT_BUNDLE
     if not path.is_file():
-        raise ValueError(f"{path}: no such bundle file")
+        raise BundleError(f"{path}: no such bundle file")
     predictor = Predictor(path, device=device, tile=tile, batch_size=batch_size, tta=tta_mode(tta),
                           blend=blend, overlap=overlap, threshold=threshold)
     spec = PredictorSpec(
@@ -103,10 +105,10 @@ def segment_gigapixel(
     yet, so a rerun with other settings could mix chunks of both."""
     parse_scheduler(scheduler)
     if blend != "none":
-        raise ValueError("blend='gaussian' (--blend gaussian) is available for single images and folder jobs, "
+        raise OptionError("blend='gaussian' (--blend gaussian) is available for single images and folder jobs, "
                          "not yet for gigapixel jobs")
     if not is_gigapixel_source(src):
-        raise ValueError(f"{src}: not an existing TIFF/BigTIFF or zarr image")
+        raise OptionError(f"{src}: not an existing TIFF/BigTIFF or zarr image")
     spec, predictor = prepare(bundle, tile, batch_size, tta, device, threshold=threshold)
     runner = open_runner(scheduler, spec, predictor)
     try:

@@ -67,6 +67,7 @@ import numpy as np
 
 from service.batch.files import atomic_write, job_lock, sweep_temporaries
 from service.batch.scheduler import PredictorSpec, predictor_for
+from training.errors import OptionError
 from training.mirror import PaddedImage, mirror_window
 from training.io.overlay import PALETTE
 from training.io.readers import TIFF_SUFFIXES, ZARR_SUFFIXES, fit_channels, open_image
@@ -280,7 +281,7 @@ def chunk_shape(height: int, width: int, step_h: int, step_w: int, chunk: int | 
     at least ``least`` (the map_overlap depth), no more steps than the image needs."""
     target = chunk or CHUNK_TARGET
     if target < 1:
-        raise ValueError(f"chunk must be >= 1 pixel, not {target}")
+        raise OptionError(f"chunk must be >= 1 pixel, not {target}")
 
     def edge(length: int, step: int, minimum: int) -> int:
         return step * min(max(1, round(target / step), -(-minimum // step)), -(-length // step))
@@ -417,7 +418,7 @@ def run_gigapixel(
     stem = output_stem(src)
     output, tiff_path = root / f"{stem}.zarr", (root / f"{stem}.tif" if tiff else None)
     if output.resolve() == src.resolve() or (tiff_path is not None and tiff_path.resolve() == src.resolve()):
-        raise ValueError(f"{src}: the output would overwrite the input; choose another DST")
+        raise OptionError(f"{src}: the output would overwrite the input; choose another DST")
     report = GigapixelReport(src=str(src), dst=str(root), output=str(output), scheduler=runner.description,
                              tiff=str(tiff_path) if tiff_path else None)
     with job_lock(root):

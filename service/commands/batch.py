@@ -32,6 +32,7 @@ from service.commands.inference import (
     prepare,
     progress_bar,
 )
+from training.errors import OptionError
 from training.io.images import DEFAULT_MAX_PIXELS
 
 EXAMPLES = """\
@@ -81,14 +82,14 @@ def run(args: argparse.Namespace) -> int:
     shown = not args.quiet and sys.stderr.isatty()
     if is_gigapixel_source(args.src):
         if args.overlay:
-            raise ValueError("--overlay is for folder jobs; open the OME-Zarr in a viewer instead")
+            raise OptionError("--overlay is for folder jobs; open the OME-Zarr in a viewer instead")
         bar, update = progress_bar("chunks", shown)
         with bar:
             report = segment_gigapixel(bundle, args.src, args.dst, tiff=args.tiff, chunk=args.chunk,
                                        max_pixels=args.max_pixels, progress=update, **common)
     else:
         if args.tiff or args.chunk:
-            raise ValueError("--tiff and --chunk are for gigapixel jobs (SRC one TIFF/zarr image)")
+            raise OptionError("--tiff and --chunk are for gigapixel jobs (SRC one TIFF/zarr image)")
         bar, update = progress_bar("images", shown)
         with bar:
             report = segment_folder(bundle, args.src, args.dst, overlay=args.overlay,

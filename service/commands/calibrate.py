@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from service.commands.labelled import add_dataset_options, labelled_folder
+from training.bundle import BundleError
 from training.loop.config import CALIBRATION_METRICS
 from training.data.dataset import ISBI_TRAIN
 
@@ -60,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from training.inference.predictor import Predictor, tta_caveat
 
     if not Path(args.bundle).is_file():
-        raise ValueError(f"{args.bundle}: no such bundle file")
+        raise BundleError(f"{args.bundle}: no such bundle file")
     if Path(args.output).suffix != SUFFIX:
-        raise ValueError(f"{args.output}: bundle files end in {SUFFIX}")
+        raise BundleError(f"{args.output}: bundle files end in {SUFFIX}")
     if args.threads:
         set_cpu_threads(args.threads)
     bundle = load_bundle(args.bundle)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from service.commands.inference import add_threshold_option, parse_threshold, parse_tile
 from service.commands.labelled import add_dataset_options, labelled_folder
+from training.bundle import BundleError
 from training.data.dataset import ISBI_HOLDOUT
 from training.inference.predictor import TTA_MODES
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         set_cpu_threads(args.threads)
     if args.bundle and not Path(args.bundle).is_file():
-        raise ValueError(f"{args.bundle}: no such bundle file")
+        raise BundleError(f"{args.bundle}: no such bundle file")
     result = evaluate_bundle(
         args.bundle,
         labelled_folder(args, ISBI_HOLDOUT),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 
+from training.errors import OptionError
 from training.inference.blending import BLEND_MODES, DEFAULT_OVERLAP
 from training.bundle import DEFAULT_BUNDLE, DEFAULT_NAMES
 from training.device import set_cpu_threads
@@ -42,9 +43,9 @@ def prepare(args: argparse.Namespace) -> str | None:
     if args.threads:
         set_cpu_threads(args.threads)
     if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
+        raise OptionError(f"--batch-size must be >= 1, not {args.batch_size}")
     if args.overlap is not None and args.blend == "none":
-        raise ValueError("--overlap applies to --blend gaussian only (crop-only tiles do not overlap)")
+        raise OptionError("--overlap applies to --blend gaussian only (crop-only tiles do not overlap)")
     return None if args.bundle in DEFAULT_NAMES else args.bundle
 
 
@@ -60,7 +61,7 @@ def parse_tile(text: str | None) -> int | str | None:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"--tile must be a number of pixels or 'auto', not {text!r}") from None
+        raise OptionError(f"--tile must be a number of pixels or 'auto', not {text!r}") from None
 
 
 def add_threshold_option(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +80,7 @@ def parse_threshold(text: str | None) -> float | str | None:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"--threshold must be a probability between 0 and 1 or 'argmax', not {text!r}") from None
+        raise OptionError(f"--threshold must be a probability between 0 and 1 or 'argmax', not {text!r}") from None
 
 
 def progress_bar(label: str, enabled: bool):

@@ -28,6 +28,7 @@ from service.commands.inference import (
     prepare,
     progress_bar,
 )
+from training.errors import OptionError
 from training.io.images import DEFAULT_MAX_PIXELS
 from training.io.overlay import save_overlay
 from training.inference.predictor import Predictor
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     source = fit_channels(source, predictor.info.in_channels)
     height, width = source.shape[:2]
     if args.overlay and height * width > PNG_MAX_PIXELS:
-        raise ValueError(f"--overlay is for images up to {PNG_MAX_PIXELS:,} pixels; this one has {height * width:,}")
+        raise OptionError(f"--overlay is for images up to {PNG_MAX_PIXELS:,} pixels; this one has {height * width:,}")
     grid = predictor.grid(height, width)
     classes = predictor.num_classes
     attributes = {"classes": predictor.info.classes, "source": str(args.input)}

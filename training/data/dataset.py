@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from training.errors import TesseraError
 from training.io.images import DEFAULT_MAX_PIXELS, ImageError, channel_count, match_channels, read_image
 from training.labels import IGNORE_INDEX
 
@@ -65,7 +66,7 @@ ISBI_TRAIN = tuple(range(25))
 ISBI_HOLDOUT = tuple(range(25, 30))
 
 
-class DatasetError(ValueError):
+class DatasetError(TesseraError):
     """Data that cannot be used; the message names the file and the problem."""
 
 

@@ -43,6 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.bundle import BundleError
+from training.errors import OptionError
+from training.geometry import InvalidSizeError
 from training.inference.blending import DEFAULT_OVERLAP, DEFAULT_SIGMA_SCALE, BandBlender, check_blend
 from training.bundle import DEFAULT_BUNDLE, Bundle, BundleInfo, load_bundle
 from training.inference.decision import check_threshold, decide
@@ -128,7 +131,7 @@ class Predictor:
         self.device = resolve_device(device)
         bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path or DEFAULT_BUNDLE)
         if bundle.info.task != "segmentation" or bundle.info.geometry is None:
-            raise ValueError(f"{bundle.path}: not a segmentation model (task {bundle.info.task!r})")
+            raise BundleError(f"{bundle.path}: not a segmentation model (task {bundle.info.task!r})")
         self.bundle = bundle
         if any(isinstance(m, PER_SAMPLE_NORMS) for m in bundle.model.modules()):
             warnings.warn(
@@ -433,7 +436,7 @@ def tta_mode(tta: bool | str | None) -> str:
     if tta is False or tta is None:
         return "none"
     if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)} (or true/false), not {tta!r}")
+        raise OptionError(f"tta must be one of {', '.join(TTA_MODES)} (or true/false), not {tta!r}")
     return tta
 
 
@@ -497,5 +500,5 @@ def choose_tile(predictor: "Predictor", budget: int | None = None, candidates=AU
         predictor._runner(batch)
         throughput[size] = predictor.batch_size * geometry.tile_step(size) ** 2 / (time.perf_counter() - start)
     if not throughput:
-        raise ValueError("no valid tile size fits: the model's halo is too large for every candidate")
+        raise InvalidSizeError("no valid tile size fits: the model's halo is too large for every candidate")
     return TileChoice(size=max(throughput, key=throughput.get), throughput=throughput)

@@ -20,6 +20,8 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from training.errors import TesseraError
+
 #: Default cap on decoded pixels (height x width) for one image: 2**31, about a 46k x 46k slide.
 #: Larger images belong in a TIFF/zarr read lazily by the tiler.
 DEFAULT_MAX_PIXELS = 2**31
@@ -34,7 +36,7 @@ Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class ImageError(ValueError):
+class ImageError(TesseraError):
     """An image that cannot be used; ``reason`` is one of :data:`Reason`."""
 
     def __init__(self, message: str, reason: Reason) -> None:

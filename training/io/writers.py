@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from training.errors import OptionError
+
 Box = tuple[int, int, int, int]
 
 #: Suffixes :func:`open_sink` understands.
@@ -210,9 +212,9 @@ class PngSink(Sink):
 
     def __init__(self, path: Path, shape: tuple[int, int], dtype: np.dtype) -> None:
         if len(shape) != 2:
-            raise ValueError(f"{path}: PNG output is for label maps; write probabilities to .tif, .zarr or .npy")
+            raise OptionError(f"{path}: PNG output is for label maps; write probabilities to .tif, .zarr or .npy")
         if shape[0] * shape[1] > PNG_MAX_PIXELS:
-            raise ValueError(f"{path}: {shape[1]}x{shape[0]} is too large for PNG output; use .tif or .zarr")
+            raise OptionError(f"{path}: {shape[1]}x{shape[0]} is too large for PNG output; use .tif or .zarr")
         self.path = path
         self.shape = shape
         self.dtype = np.dtype(dtype)
@@ -281,7 +283,7 @@ class TiffSink(Sink):
     def _put(self, item) -> None:
         while True:
             if self.error is not None:
-                raise OSError(f"{self.path}: TIFF writing failed ({self.error})")
+                raise OSError(f"{self.path}: TIFF writing failed ({self.error})") from self.error
             try:
                 self.tiles.put(item, timeout=0.1)
                 return
@@ -322,7 +324,7 @@ class TiffSink(Sink):
         self.thread.join()
         if self.error is not None:
             remove(self.temporary)
-            raise OSError(f"{self.path}: TIFF writing failed ({self.error})")
+            raise OSError(f"{self.path}: TIFF writing failed ({self.error})") from self.error
         move_into_place(self.temporary, self.path)
 
     def abort(self) -> None:
@@ -359,4 +361,4 @@ def open_sink(
         return npy_sink(path, shape, np.dtype(dtype))
     if suffix == PNG_SUFFIX:
         return PngSink(path, shape, np.dtype(dtype))
-    raise ValueError(f"{path}: unknown output format {suffix or '(no suffix)'!r}; use .png, .tif, .zarr or .npy")
+    raise OptionError(f"{path}: unknown output format {suffix or '(no suffix)'!r}; use .png, .tif, .zarr or .npy")

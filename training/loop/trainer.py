@@ -55,6 +55,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from training.data.dataset import DatasetError
 from training.loop.averaging import WeightAverage
 from training.loop.batchnorm import recompute_batchnorm
 from training.bundle import Bundle, bundle_path, file_sha256, load_bundle, new_bundle_info, read_bundle_info, save_bundle
@@ -64,6 +65,7 @@ from training.data.augment import build_augmentation
 from training.data.dataset import Example, SegmentationFolder
 from training.data.patches import UNIFORM_WEIGHTS, PatchDataset, WeightMapConfig, dataset_normalization
 from training.device import autocast, autocast_dtype, resolve_device
+from training.loop.config import ConfigError
 from training.loop.losses import build_loss
 from training.loop.evaluate import calibrate, calibration_subset, interior_class, score
 from training.models import build_model, load_encoder_weights, parse_arch
@@ -115,7 +117,7 @@ def encoder_modules(model: nn.Module) -> list[nn.Module]:
         return [model.encoder]
     if hasattr(model, "stem") and hasattr(model, "down"):
         return [model.stem, *model.down]
-    raise ValueError(f"{type(model).__name__} has no encoder to freeze")
+    raise ConfigError(f"{type(model).__name__} has no encoder to freeze")
 
 
 def set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
@@ -143,11 +145,11 @@ def build_network(
         options = {}
     spec = parse_arch(m.arch, in_channels, num_classes, **options)
     if spec["arch"] == "classifier":
-        raise ValueError(f"model.arch: {m.arch!r} is a classifier; use 'tessera train-classifier'")
+        raise ConfigError(f"model.arch: {m.arch!r} is a classifier; use 'tessera train-classifier'")
     model = build_model(spec)
     if m.encoder_weights:
         if spec["arch"] != "smp":
-            raise ValueError("model.encoder_weights: only smp architectures have a pretrained encoder")
+            raise ConfigError("model.encoder_weights: only smp architectures have a pretrained encoder")
         path = Path(m.encoder_weights)
         if path.suffix == ".safetensors":
             _check_encoder_bundle(path, spec)
@@ -165,9 +167,9 @@ def network_from_bundle(path: Path, in_channels: int, num_classes: int) -> tuple
     bundle = load_bundle(path)
     info = bundle.info
     if info.task != "segmentation":
-        raise ValueError(f"model.init: {path} is a {info.task} bundle; an encoder goes in model.encoder_weights")
+        raise ConfigError(f"model.init: {path} is a {info.task} bundle; an encoder goes in model.encoder_weights")
     if info.in_channels != in_channels:
-        raise ValueError(f"model.init: {path} takes {info.in_channels}-channel images, the training images have {in_channels}")
+        raise ConfigError(f"model.init: {path} takes {info.in_channels}-channel images, the training images have {in_channels}")
     spec = {**info.spec, "num_classes": num_classes}
     model = build_model(spec)
     given = bundle.model.state_dict()
@@ -191,7 +193,7 @@ def _check_encoder_bundle(path: Path, spec: dict[str, Any]) -> None:
         return  # a plain safetensors state dict, not a bundle: load_encoder_weights checks it
     encoder = info.spec.get("encoder")
     if encoder and encoder != spec.get("encoder"):
-        raise ValueError(f"model.encoder_weights: {path} holds a {encoder!r} encoder, the model uses {spec['encoder']!r}")
+        raise ConfigError(f"model.encoder_weights: {path} holds a {encoder!r} encoder, the model uses {spec['encoder']!r}")
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -256,20 +258,20 @@ class Trainer:
                 held = set(val.names) if val is not None else set()
                 train = folder.select([n for n in folder.names if n not in held])
         if d.classes and len(d.classes) != folder.labels.num_classes:
-            raise ValueError(f"data.classes names {len(d.classes)} classes, the masks have {folder.labels.num_classes}")
+            raise ConfigError(f"data.classes names {len(d.classes)} classes, the masks have {folder.labels.num_classes}")
         self.labels = folder.labels
         self.class_names = list(d.classes or folder.labels.classes)
         self.train_folder, self.val_folder = train, val
         self.train_examples: list[Example] = train.load_all()
         self.val_examples: list[Example] = val.load_all() if val is not None else []
         if not self.train_examples:
-            raise ValueError("no training images selected")
+            raise DatasetError("no training images selected")
         image = self.train_examples[0].image
         self.in_channels = self.config.model.in_channels or (1 if image.ndim == 2 else image.shape[2])
         self.normalization = self._normalization()
         self.interior_class = interior_class(self.class_names, d.rand_class)
         if self.config.run.threshold == "calibrate" and self.labels.num_classes != 2:
-            raise ValueError(f"run.threshold: calibrate needs a two-class task; the masks have {self.labels.num_classes} classes")
+            raise ConfigError(f"run.threshold: calibrate needs a two-class task; the masks have {self.labels.num_classes} classes")
 
     def _normalization(self) -> Normalization:
         if self.config.data.normalization == "image":
