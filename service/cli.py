@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 #: Sub-command -> (module in service.commands, one-line summary), in the order --help lists them.
 COMMANDS = {
@@ -62,6 +64,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 0, 1, 2, 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: errno values of a path the process may not write (or read): permissions, a read-only file system.
 DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+#: errno values of a path that cannot be what it was asked to be (a file where a folder must go ...).
+BAD_PATH = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG})
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -101,8 +105,9 @@ def report_error(args: argparse.Namespace, error: Exception) -> int:
     input (2) and for a failure of the machine (3), the traceback for anything else (a bug, 1)."""
     from training.errors import TesseraError  # here, not at the top: keeps 'tessera --help' from importing training
 
-    if isinstance(error, TesseraError):
-        print(f"tessera {args.command}: error: {error}", file=sys.stderr)
+    message = " ".join(str(error).split()) if isinstance(error, TesseraError) else user_path_message(error, args)
+    if message is not None:
+        print(f"tessera {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     message = environment_message(error, args)
     if message is not None:
@@ -113,13 +118,29 @@ def report_error(args: argparse.Namespace, error: Exception) -> int:
     return EXIT_FAILED
 
 
+def user_path_message(error: BaseException, args: argparse.Namespace) -> str | None:
+    """One line when ``error`` is about a path the user gave, or a folder on its way, that cannot
+    be what the command needs (a file where a folder must go, a name too long ...); None otherwise,
+    so that such an error about a path Tessera chose itself still shows as the bug it is."""
+    if not isinstance(error, OSError) or error.errno not in BAD_PATH or error.filename is None:
+        return None
+    failing = Path(os.fsdecode(error.filename)).absolute()
+    for value, given in path_arguments(args):
+        if failing == given or failing in given.parents:
+            return f"{value}: cannot use this path ({error.strerror}: {os.fsdecode(error.filename)})"
+    return None
+
+
 def environment_message(error: BaseException, args: argparse.Namespace) -> str | None:
     """One line for a failure of the machine behind ``error`` (or behind what caused it): a full disk,
     a denied path, exhausted memory; None when it is none of these. The path is the failing call's
     file name, else the command's output (``--output`` / ``DST``)."""
     chain = list(causes(error))
     named = next((e.filename for e in chain if isinstance(e, OSError) and e.filename is not None), None)
-    path = named if named is not None else getattr(args, "output", None) or getattr(args, "dst", None) or "(unknown path)"
+    if named is not None:
+        path = given_path(named, args)
+    else:
+        path = getattr(args, "output", None) or getattr(args, "dst", None) or "(unknown path)"
     for cause in chain:
         if isinstance(cause, MemoryError) or is_out_of_memory(cause):
             return "out of memory: use a smaller --tile or --batch-size (train: patch.size, patch.batch_size)"
@@ -130,6 +151,21 @@ def environment_message(error: BaseException, args: argparse.Namespace) -> str |
                 return f"read-only file system: {path}: choose an output folder on a writable disk"
             return f"permission denied: {path}: choose a path this user may use, or change its permissions"
     return None
+
+
+def given_path(filename: str | bytes, args: argparse.Namespace) -> str:
+    """``filename``, or the argument it is the temporary of (outputs are written to ``.NAME.*.tmp``
+    beside ``NAME``, then renamed): the message names the path the user gave."""
+    failing = Path(os.fsdecode(filename)).absolute()
+    for value, given in path_arguments(args):
+        if failing.parent == given.parent and failing.name.startswith(f".{given.name}."):
+            return value
+    return os.fsdecode(filename)
+
+
+def path_arguments(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """Every text argument of the command with its absolute path (any of them may name a file)."""
+    return [(value, Path(value).absolute()) for value in vars(args).values() if isinstance(value, str) and value]
 
 
 def causes(error: BaseException) -> Iterator[BaseException]:
