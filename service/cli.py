@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 def report_error(args: argparse.Namespace, error: Exception) -> int:
     """Print ``error`` for the user of ``tessera COMMAND`` and return the exit code: one line for bad
     input (2) and for a failure of the machine (3), the traceback for anything else (a bug, 1)."""
-    from training.errors import TesseraError  # here, not at the top: keeps 'tessera --help' from importing training
+    # Imported here, not at the top: 'tessera --help' does not import training.
+    from training.errors import TesseraError
 
     message = " ".join(str(error).split()) if isinstance(error, TesseraError) else user_path_message(error, args)
     if message is not None:
@@ -183,7 +184,7 @@ def is_out_of_memory(error: BaseException) -> bool:
     """PyTorch's CUDA or CPU allocation failure (only asked once PyTorch is loaded)."""
     if "torch" not in sys.modules:
         return False
-    from training.device import is_out_of_memory as torch_out_of_memory  # PyTorch is loaded already
+    from training.device import is_out_of_memory as torch_out_of_memory
 
     return torch_out_of_memory(error)
 
