@@ -48,6 +48,7 @@ from service.http.uploads import STATUS_FOR_REASON, BodyLimit, Limits, UploadErr
 from training.bundle import DEFAULT_BUNDLE, BundleInfo, load_bundle
 from training.inference.decision import decide
 from training.device import set_cpu_threads
+from training.errors import TesseraError
 from training.io.images import ImageError, match_channels
 from training.io.overlay import overlay
 from training.inference.predictor import Predictor
@@ -167,7 +168,7 @@ class Tessera:
             prediction = self.predictor(tile, tta).predict(pixels, probabilities=probabilities)
         except ImageError as error:
             raise UploadError(422, error.reason, str(error)) from None
-        except ValueError as error:  # an invalid tile size names the valid ones
+        except TesseraError as error:  # an invalid tile size names the valid ones
             raise UploadError(422, "invalid_option", str(error)) from None
         pixels_segmented.labels(endpoint=endpoint).inc(pixels.shape[0] * pixels.shape[1])
         return pixels, prediction
