@@ -81,8 +81,8 @@ def child(mode: str, root: Path, bundle: str) -> dict:
     import zarr
 
     from service.batch import segment_folder, segment_gigapixel
-    from training.io.images import read_image
     from training.inference.predictor import Predictor
+    from training.io.images import read_image
     from training.io.readers import fit_channels, open_image
     from training.io.writers import label_dtype
 

@@ -96,7 +96,7 @@ class Sink:
     def abort(self) -> None:
         """Drop everything written (temporary files removed)."""
 
-    def __enter__(self) -> "Sink":
+    def __enter__(self) -> Sink:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:

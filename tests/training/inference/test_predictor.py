@@ -14,11 +14,11 @@ from tests.support.exact import assert_exact
 from tests.support.images import random_image
 from training.bundle import Bundle, load_bundle
 from training.device import BatchRunner, resolve_device
-from training.io.images import ImageError
-from training.normalization import Normalization
 from training.inference.predictor import Predictor
 from training.inference.tta import tta_caveat
+from training.io.images import ImageError
 from training.io.writers import encode_probabilities
+from training.normalization import Normalization
 
 RGB_UNET = {**TINY_UNET, "in_channels": 3, "num_classes": 3, "depth": 3}
 ONE_CLASS = {**TINY_UNET, "num_classes": 1}
