@@ -124,6 +124,9 @@ def save_bundle(path: str | Path, model: nn.Module, info: BundleInfo) -> Path:
     path = Path(path)
     if path.suffix != SUFFIX:
         raise ValueError(f"{path}: bundle files end in {SUFFIX}")
+    if getattr(model, "exported", False):
+        raise ValueError(f"{path}: an exported model (ONNX, .pt2) cannot be saved as a bundle; "
+                         "use the bundle it was exported from")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {METADATA_KEY: json.dumps(info.to_dict())}
     return write_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))

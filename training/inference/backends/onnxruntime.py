@@ -26,6 +26,7 @@ from torch import nn
 
 from training.bundle import Bundle, BundleError, BundleInfo
 from training.export.metadata import ExportRecord, read_metadata
+from training.export.program import first_line
 from training.inference.backends import check_input
 
 #: What to install when onnxruntime is missing.
@@ -58,18 +59,20 @@ def providers_for(device: torch.device) -> list:
     return [CPU]
 
 
-def open_session(path: Path, device: torch.device, threads: int):
-    """An ONNX Runtime session of the model at ``path``; :class:`BundleError` for a file it cannot read."""
+def open_session(path: Path, device: torch.device, threads: int, optimize: bool = True):
+    """An ONNX Runtime session of the model at ``path``; :class:`BundleError` for a file it cannot
+    read. ``optimize=False``: no graph optimisation (a session only to read metadata opens faster)."""
     ort = runtime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: no warnings about unused initialisers
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort.InferenceSession(str(path), options, providers=providers_for(device))
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BundleError(f"{path}: not a readable ONNX model ({first})") from None
+        raise BundleError(f"{path}: not a readable ONNX model ({first_line(error)})") from None
 
 
 class OnnxRuntimeModel(nn.Module):
@@ -81,6 +84,9 @@ class OnnxRuntimeModel(nn.Module):
         device: where inputs and outputs live; picks the execution provider.
         session: an open session to start with (None: opened on first use).
     """
+
+    #: Not a network with weights of its own: :func:`training.bundle.save_bundle` refuses it.
+    exported = True
 
     def __init__(self, path: Path, info: BundleInfo, record: ExportRecord,
                  device: str | torch.device = "cpu", session=None) -> None:
@@ -130,7 +136,7 @@ def read_onnx_metadata(path: Path, session=None) -> tuple[BundleInfo, ExportReco
     """The bundle info and export record embedded in an ``.onnx`` file."""
     if not path.is_file():
         raise BundleError(f"{path}: no such model file")
-    session = session or open_session(path, torch.device("cpu"), 1)
+    session = session or open_session(path, torch.device("cpu"), 1, optimize=False)
     return read_metadata(dict(session.get_modelmeta().custom_metadata_map), path)
 
 

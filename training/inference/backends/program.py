@@ -23,6 +23,9 @@ from training.inference.backends import check_input
 class ProgramModel(nn.Module):
     """An exported program called like the network it came from (see the module docstring)."""
 
+    #: Not a network with weights of its own: :func:`training.bundle.save_bundle` refuses it.
+    exported = True
+
     def __init__(self, program: torch.export.ExportedProgram, info: BundleInfo, record: ExportRecord,
                  path: Path) -> None:
         super().__init__()
