@@ -161,7 +161,8 @@ def test_a_file_that_is_not_a_tessera_export_is_refused(tmp_path, unet8):
     plain = helper.make_model(helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "plain",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
+        ir_version=10, opset_imports=[helper.make_opsetid("", 18)])
     onnx.save(plain, tmp_path / "plain.onnx")
     with pytest.raises(BundleError, match=r"plain.onnx: not a Tessera export"):
         load_bundle(tmp_path / "plain.onnx")

@@ -3,6 +3,8 @@ parsed with Triton's own protobuf definitions), and the exported file through pr
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shlex
 from pathlib import Path
@@ -37,7 +39,10 @@ def written(tmp_path_factory) -> Path:
     path = save_bundle(folder / "tiny.safetensors", bundle.model, bundle.info)
     argv = ["export", str(path), "-o", str(folder / "tiny.onnx"), "-o", str(folder / "tiny.pt2"),
             "--triton", str(folder / "repo"), "--name", "membranes"]
-    assert main(argv) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    (folder / "report.json").write_text(printed.getvalue())
     return folder
 
 
@@ -45,8 +50,8 @@ def parse_config(path: Path) -> model_config_pb2.ModelConfig:
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
-def test_cli_writes_both_formats_checked_against_the_bundle(written, capsys):
-    report = json.loads(capsys.readouterr().out)
+def test_cli_writes_both_formats_checked_against_the_bundle(written):
+    report = json.loads((written / "report.json").read_text())
     onnx, pt2 = report["outputs"]
     assert (onnx["format"], onnx["opset"], pt2["format"]) == ("onnx", 18, "pt2")
     assert onnx["input_sizes"] == pt2["input_sizes"] == "44 + 4k"

@@ -52,7 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from training.bundle import bundle_path, load_bundle
     from training.export.onnx import DEFAULT_OPSET, check_opset
-    from training.export.program import ONNX_SUFFIX, PROGRAM_SUFFIX, ExportError, capture
+    from training.export.program import (
+        ONNX_SUFFIX,
+        PROGRAM_SUFFIX,
+        ExportError,
+        capture,
+    )
 
     outputs = [Path(p) for p in args.output]
     if not outputs and not args.triton:

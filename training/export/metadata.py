@@ -91,7 +91,7 @@ class ExportRecord:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ExportRecord":
+    def from_dict(cls, data: dict[str, Any]) -> ExportRecord:
         sizes = data["sizes"]
         return cls(
             format=str(data["format"]),

@@ -20,7 +20,14 @@ from torch.export import ExportedProgram
 
 from training.bundle import Bundle, write_atomically
 from training.export.metadata import INPUT_NAME, OUTPUT_NAME, metadata_props
-from training.export.program import ONNX_SUFFIX, ExportError, capture, describe, export_record, first_line
+from training.export.program import (
+    ONNX_SUFFIX,
+    ExportError,
+    capture,
+    describe,
+    export_record,
+    first_line,
+)
 
 #: Opset written when none is asked for: the exporter's own (no version conversion), read by
 #: ONNX Runtime 1.14 and later and by Triton's ONNX Runtime backend since 23.02.
@@ -77,5 +84,5 @@ def translate(program: ExportedProgram, opset: int, name: str):
             warnings.simplefilter("ignore")
             return torch.onnx.export(program, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
                                      output_names=[OUTPUT_NAME], optimize=True, verbose=False)
-    except Exception as error:  # the exporter raises many types; each means "cannot translate"
+    except Exception as error:  # noqa: BLE001 -- the exporter raises many types; each means "cannot translate"
         raise ExportError(f"the ONNX exporter cannot translate this {name} network: {first_line(error)}") from None

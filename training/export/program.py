@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 from torch.export import Dim, ExportedProgram
 
-from training.bundle import METADATA_KEY, Bundle, BundleError, BundleInfo, file_sha256, write_atomically
+from training.bundle import (
+    METADATA_KEY,
+    Bundle,
+    BundleError,
+    BundleInfo,
+    file_sha256,
+    write_atomically,
+)
 from training.export.metadata import (
     EXPORT_KEY,
     ExportRecord,
@@ -92,7 +99,7 @@ def capture(bundle: Bundle) -> ExportedProgram:
     try:
         with torch.no_grad():
             return torch.export.export(model, (example_input(bundle.info, rule),), dynamic_shapes=dynamic_shapes(rule))
-    except Exception as error:  # torch.export raises many types; each means "cannot capture"
+    except Exception as error:  # noqa: BLE001 -- torch.export raises many types; each means "cannot capture"
         raise ExportError(f"torch.export cannot capture this {describe(bundle.info)} network: {first_line(error)}") from None
 
 
@@ -114,7 +121,10 @@ def export_program(bundle: Bundle, path: str | Path, program: ExportedProgram | 
     program = program or capture(bundle)
     props = metadata_props(bundle.info, export_record(bundle, "pt2"))
     document = json.dumps({key: json.loads(props[key]) for key in (METADATA_KEY, EXPORT_KEY)})
-    save = lambda temporary: torch.export.save(program, temporary, extra_files={ARCHIVE_METADATA: document})  # noqa: E731
+
+    def save(temporary: str) -> None:
+        torch.export.save(program, temporary, extra_files={ARCHIVE_METADATA: document})
+
     write_atomically(path, save, suffix=f".tmp{PROGRAM_SUFFIX}")  # torch.export.save wants the suffix
     write_sidecar(path, props)
     return path

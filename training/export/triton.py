@@ -138,18 +138,16 @@ def tiling_text(info: BundleInfo) -> str:
     output = geometry.output_size(tile)
     step = geometry.tile_step(tile)
     keep = f"the {step} x {step} px block starting {geometry.context - geometry.margin} px into its output"
-    return "\n".join([
-        f"Input sizes (height and width alike): {size_rule(info).rule} px. Default tile: {tile} x {tile} px "
-        f"input, {output} x {output} px output (the network loses {geometry.margin} px per side).",
-        "",
-        f"Overlap-tile: tile (i, j) writes image pixels [i*{step}, (i+1)*{step}) x [j*{step}, (j+1)*{step}) "
-        f"(clipped to the image). Its input window starts {geometry.context} px above and left of that block "
-        f"and spans {tile} px; keep {keep}. Pixels of a window outside the image are mirrored without "
-        "repeating the edge pixel (numpy `np.pad(mode=\"reflect\")`, OpenCV `BORDER_REFLECT_101`). All "
-        f"windows then start on one {geometry.stride} px grid, and the stitched result equals one pass "
-        "over the whole mirror-padded image" + (" exactly." if geometry.padding == "valid" else
-                                               " up to rare label flips (same padding)."),
-    ])
+    result = "exactly" if geometry.padding == "valid" else "up to rare label flips (same padding)"
+    sizes = (f"Input sizes (height and width alike): {size_rule(info).rule} px. Default tile: {tile} x {tile} px "
+             f"input, {output} x {output} px output (the network loses {geometry.margin} px per side).")
+    grid = (f"Overlap-tile: tile (i, j) writes image pixels [i*{step}, (i+1)*{step}) x [j*{step}, (j+1)*{step}) "
+            f"(clipped to the image). Its input window starts {geometry.context} px above and left of that block "
+            f"and spans {tile} px; keep {keep}. Pixels of a window outside the image are mirrored without "
+            "repeating the edge pixel (numpy `np.pad(mode=\"reflect\")`, OpenCV `BORDER_REFLECT_101`). All "
+            f"windows then start on one {geometry.stride} px grid, and the stitched result equals one pass "
+            f"over the whole mirror-padded image {result}.")
+    return f"{sizes}\n\n{grid}"
 
 
 def decision_text(info: BundleInfo) -> str:

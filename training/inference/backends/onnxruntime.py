@@ -71,7 +71,7 @@ def open_session(path: Path, device: torch.device, threads: int, optimize: bool 
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort.InferenceSession(str(path), options, providers=providers_for(device))
-    except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+    except Exception as error:  # noqa: BLE001 -- onnxruntime raises its own Fail/InvalidProtobuf/... types
         raise BundleError(f"{path}: not a readable ONNX model ({first_line(error)})") from None
 
 
@@ -106,7 +106,7 @@ class OnnxRuntimeModel(nn.Module):
             self._threads = threads
         return self._session
 
-    def to(self, *args, **kwargs) -> "OnnxRuntimeModel":
+    def to(self, *args, **kwargs) -> OnnxRuntimeModel:
         """Move to a device (the next call opens a session with its provider); float32 only."""
         device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
         if dtype is not None and dtype != torch.float32:

@@ -34,7 +34,7 @@ class ProgramModel(nn.Module):
         self.info = info
         self.record = record
 
-    def train(self, mode: bool = True) -> "ProgramModel":
+    def train(self, mode: bool = True) -> ProgramModel:
         """Exported programs run as exported (eval mode); ``train(True)`` is refused."""
         if mode:
             raise ValueError("an exported program runs in eval mode only; train the bundle it came from")
@@ -57,7 +57,7 @@ def read_program(path: Path) -> tuple[torch.export.ExportedProgram, str]:
     extra = {ARCHIVE_METADATA: ""}
     try:
         program = torch.export.load(path, extra_files=extra)
-    except Exception as error:  # torch.export.load raises many types for a foreign or damaged file
+    except Exception as error:  # noqa: BLE001 -- torch.export.load raises many types for a foreign or damaged file
         raise BundleError(f"{path}: not a readable torch.export program ({first_line(error)})") from None
     return program, extra[ARCHIVE_METADATA]
 
