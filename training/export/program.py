@@ -93,7 +93,8 @@ def describe(info: BundleInfo) -> str:
 
 
 def capture(bundle: Bundle) -> ExportedProgram:
-    """The bundle's network as an :class:`ExportedProgram` (CPU, eval mode, dynamic shapes)."""
+    """The bundle's network as an :class:`ExportedProgram` (dynamic shapes; the model is moved to
+    the CPU and put in eval mode first)."""
     rule = check_exportable(bundle.info)
     model = bundle.model.to("cpu").eval()
     try:
