@@ -176,3 +176,24 @@ def test_non_slide_renamed_svs_is_refused(tmp_path):
         open_slide(tmp_path / "empty.svs")
     with pytest.raises(ImageError, match="no such file"):
         open_slide(tmp_path / "missing.svs")
+
+
+def test_ome_zarr_physical_pixel_size(tmp_path):
+    import zarr
+    from ome_zarr.format import FormatV05
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr.writer import write_multiscales_metadata
+
+    from training.io.physical import level_datasets, space_axes
+
+    group = zarr.open_group(str(tmp_path / "labels.zarr"), mode="w", zarr_format=3)
+    group.create_array("0", shape=(64, 64), dtype="uint8")
+    group.create_array("1", shape=(32, 32), dtype="uint8")
+    write_multiscales_metadata(group, level_datasets(2, 0.8), fmt=FormatV05(), axes=space_axes(0.8), name="labels")
+    node = next(iter(Reader(parse_url(str(tmp_path / "labels.zarr")))()))
+    multiscales = node.metadata
+    assert [a["unit"] for a in multiscales["axes"]] == ["micrometer", "micrometer"]
+    assert multiscales["coordinateTransformations"][1][0]["scale"] == [1.6, 1.6]
+    assert level_datasets(1, None, lead_axes=1)[0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]
+    assert "unit" not in space_axes(None)[0]
