@@ -28,7 +28,7 @@ from training.io.images import ImageError
 
 #: Longest side of the image tissue is detected on (pixels).
 THUMBNAIL_SIDE = 2048
-#: Optical density below which a pixel is glass whatever Otsu says (darkest channel above ~230).
+#: Optical density below which a pixel is glass whatever Otsu says (its darkest channel above 202 of 255).
 MIN_DENSITY = 0.1
 #: Radius of the opening and closing, micrometres (thumbnail pixels when the slide has no mpp: 1).
 CLEANUP_RADIUS_UM = 16.0
