@@ -28,7 +28,9 @@ from service.commands.inference import (
     prepare,
     progress_bar,
 )
+from service.commands.predict_slide import add_slide_options, check_slide_options, run_slide
 from training.io.images import DEFAULT_MAX_PIXELS
+from training.io.slides import is_slide_path
 from training.io.overlay import save_overlay
 from training.inference.predictor import Predictor
 from training.io.readers import fit_channels, open_image
@@ -45,6 +47,8 @@ examples:
   tessera predict model.safetensors big.tif -o labels.tif --tile auto --batch-size 4
         measure the fastest tile size first; write a tiled BigTIFF
   tessera predict - huge.tif -o out.zarr --max-pixels 10000000000 --device cuda
+  tessera predict model.safetensors slide.svs -o labels.zarr --objects cells.geojson --mpp 0.5
+        a whole-slide image at 0.5 µm per pixel, tiles without tissue skipped, objects for QuPath
   tessera predict groupnorm.safetensors slide.tif -o labels.zarr --blend gaussian --overlap 0.5
         a model that cannot tile exactly (instance/group norm): average overlapping tiles
 """
@@ -69,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overlay", metavar="PNG", help="also write the labels drawn over the image (small images)")
     add_inference_options(parser, DEFAULT_MAX_PIXELS, f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
     add_threshold_option(parser)
+    add_slide_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -86,6 +91,9 @@ def probability_path(args: argparse.Namespace) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     bundle = prepare(args)
+    if is_slide_path(args.input):
+        return run_slide(args, bundle, started)
+    check_slide_options(args)
     source = open_image(args.input, max_pixels=args.max_pixels)
     predictor = Predictor(bundle, device=args.device, tile=parse_tile(args.tile), batch_size=args.batch_size, tta=args.tta,
                           threshold=parse_threshold(args.threshold), **blend_options(args))
