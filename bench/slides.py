@@ -144,10 +144,11 @@ def tissue_tiles_equal(slide: Path, auto: Path, none: Path, bundle: str | None, 
     """Whether every tile the ``auto`` run computed has the labels of the ``none`` run."""
     import zarr
 
+    from training.inference.options import InferenceOptions
     from training.inference.predictor import Predictor
     from training.inference.slide import prepare_slide
 
-    predictor = Predictor(bundle, device="cpu")
+    predictor = Predictor(bundle, InferenceOptions(device="cpu"))
     job = prepare_slide(slide, predictor.info, background=background)
     try:
         grid = predictor.grid(*job.source.shape[:2])

@@ -105,32 +105,22 @@ def slide_summary(args: argparse.Namespace, job: SlideJob, grid, started: float)
 def segment_slide(args: argparse.Namespace, predictor, progress_bar) -> tuple[dict, object]:
     """Segment the slide into ``args.output`` (and probabilities); the summary's slide part and the grid."""
     from service.commands.predict import probability_path
-    from training.io.writers import PROBABILITY_DTYPES, label_dtype, open_sink
+    from training.inference.to_file import predict_to_file
 
     started = time.perf_counter()
     job = open_job(args, predictor.info)
     job.extra["tissue_seconds"] = round(time.perf_counter() - started, 3)
     with contextlib.closing(job):
-        height, width = job.source.shape[:2]
-        grid = predictor.grid(height, width)
-        classes = predictor.num_classes
-        attributes = {"classes": predictor.info.classes, "source": str(args.input), **job.attributes()}
+        grid = predictor.grid(*job.source.shape[:2])
         skipped = skipped_tiles(job, grid)
         bar, callback = progress_bar(f"segmenting tiles ({skipped} of {len(grid)} skipped: no tissue)",
                                      not args.quiet and len(grid) > 1)
         probabilities = probability_path(args)
-        with contextlib.ExitStack() as stack:
-            labels = stack.enter_context(open_sink(args.output, (height, width), label_dtype(classes), (grid.step_h, grid.step_w),
-                                                   {**attributes, "values": "class index"}))
-            probability_sink = None
-            if probabilities is not None:
-                scale = 1 / 255 if args.probability_dtype == "uint8" else 1.0
-                probability_sink = stack.enter_context(open_sink(
-                    probabilities, (classes, height, width), PROBABILITY_DTYPES[args.probability_dtype], (grid.step_h, grid.step_w),
-                    {**attributes, "values": f"probability as {args.probability_dtype}", "scale": scale}))
-            with bar:
-                predictor.predict_to(job.source, labels=labels, probabilities=probability_sink, progress=callback,
-                                     stats=job.stats(predictor.info.normalization), skip=job.skip)
+        with bar:
+            predict_to_file(predictor, job.source, args.output, probabilities=probabilities,
+                            probability_dtype=args.probability_dtype,
+                            attributes={"source": str(args.input), **job.attributes()}, progress=callback,
+                            stats=job.stats(predictor.info.normalization), skip=job.skip)
         job.write_mask(mask_path(args.output))
         summary = slide_summary(args, job, grid, started)
         if args.objects:
@@ -139,18 +129,17 @@ def segment_slide(args: argparse.Namespace, predictor, progress_bar) -> tuple[di
         return summary, grid
 
 
-def run_slide(args: argparse.Namespace, bundle: str | None, started: float) -> int:
+def run_slide(args: argparse.Namespace, bundle: str | None, options, started: float) -> int:
     """``tessera predict`` for a slide: segment, then print the JSON summary line."""
     import json
     import sys
 
-    from service.commands.inference import blend_options, parse_threshold, parse_tile, progress_bar
+    from service.commands.inference import progress_bar
     from training.inference.predictor import Predictor
 
     if args.overlay:
         raise ValueError("--overlay is for small images; a slide's tissue mask is written beside the output")
-    predictor = Predictor(bundle, device=args.device, tile=parse_tile(args.tile), batch_size=args.batch_size, tta=args.tta,
-                          threshold=parse_threshold(args.threshold), **blend_options(args))
+    predictor = Predictor(bundle, options)
     shown = sys.stderr.isatty()
     part, grid = segment_slide(args, predictor, lambda label, enabled: progress_bar(label, enabled and shown))
     summary = {
