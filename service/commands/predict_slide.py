@@ -24,8 +24,8 @@ from training.io.geojson import OBJECT_TYPES
 OBJECT_CHUNK = 2048
 
 
-def add_slide_options(parser: argparse.ArgumentParser) -> None:
-    """--mpp, --level, --tissue, --background-class, --objects, --object-type (slides only)."""
+def add_slide_options(parser: argparse.ArgumentParser, objects: bool = True) -> None:
+    """--mpp, --level, --tissue, --background-class and (``objects``) --objects, --object-type (slides only)."""
     group = parser.add_argument_group("whole-slide images (SVS, NDPI, MRXS, SCN, BIF, pyramidal TIFF, OME-TIFF)")
     group.add_argument("--mpp", type=float, default=None, help="segment at this many micrometres per pixel (default: the bundle's data.mpp, else level 0)")
     group.add_argument("--level", type=int, default=None, help="segment this stored pyramid level")
@@ -33,16 +33,23 @@ def add_slide_options(parser: argparse.ArgumentParser) -> None:
                        help="auto: skip tiles without tissue (default); none: compute every tile; a PNG mask of any resolution")
     group.add_argument("--background-class", default=None, metavar="NAME|INDEX",
                        help="class of skipped tiles (default: the model's class named 'background')")
-    group.add_argument("--objects", metavar="GEOJSON", help="also write the objects of every other class as QuPath GeoJSON")
-    group.add_argument("--object-type", choices=OBJECT_TYPES, default="annotation", help="QuPath object type (default annotation)")
+    if objects:
+        group.add_argument("--objects", metavar="GEOJSON", help="also write the objects of every other class as QuPath GeoJSON")
+        group.add_argument("--object-type", choices=OBJECT_TYPES, default="annotation", help="QuPath object type (default annotation)")
 
 
-def check_slide_options(args: argparse.Namespace) -> None:
+def check_slide_options(args: argparse.Namespace, image: str | None = None) -> None:
     """Refuse slide options on an image that is not a slide, with one line."""
     given = [name for name in ("mpp", "level", "objects", "background_class") if getattr(args, name, None) is not None]
     if given or getattr(args, "tissue", "auto") != "auto":
         names = ", ".join(f"--{n.replace('_', '-')}" for n in given) or "--tissue"
-        raise ValueError(f"{names}: for whole-slide images only; {args.input} is not one")
+        raise ValueError(f"{names}: for whole-slide images only; {image or args.input} is not one")
+
+
+def slide_settings(args: argparse.Namespace) -> dict:
+    """The slide options as :func:`training.inference.slide.prepare_slide` takes them (used for slides only)."""
+    tissue = args.tissue if args.tissue in TISSUE_MODES else str(Path(args.tissue))
+    return {"mpp": args.mpp, "level": args.level, "tissue": tissue, "background": args.background_class}
 
 
 def mask_path(output: str | Path) -> Path:
@@ -55,8 +62,7 @@ def open_job(args: argparse.Namespace, info) -> SlideJob:
     """The slide of ``args.input`` prepared for a model with bundle info ``info``."""
     from training.inference.slide import prepare_slide
 
-    tissue = args.tissue if args.tissue in TISSUE_MODES else str(Path(args.tissue))
-    return prepare_slide(args.input, info, mpp=args.mpp, level=args.level, tissue=tissue, background=args.background_class)
+    return prepare_slide(args.input, info, **slide_settings(args))
 
 
 def read_labels(path: str | Path):

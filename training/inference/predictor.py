@@ -196,12 +196,14 @@ class Predictor:
         stats: Stats | None = None,
         probabilities: bool = False,
         progress: Progress | None = None,
+        skip: TileSkip | None = None,
     ) -> Prediction:
         """Labels (and probabilities) of exactly the block ``[y0, y1) x [x0, x1)`` of ``source``.
 
         The tiles are those of the whole image's grid, so the block is identical to the same block
         of a whole-image run (what a Dask job computes per output chunk). ``stats`` are the whole
         image's normalisation statistics (:meth:`statistics`); computed here when ``None``.
+        ``skip`` as for :meth:`predict_to`.
         """
         height, width = source.shape[:2]
         region = check_region((y0, y1, x0, x1), height, width)
@@ -214,6 +216,7 @@ class Predictor:
             ArraySink(probs, (y0, x0)) if probs is not None else None,
             region,
             progress,
+            skip,
         )
         return Prediction(labels=labels, probabilities=probs)
 

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -25,7 +26,7 @@ import numpy as np
 
 from training.inference.skipping import TileSkip, background_index
 from training.inference.tissue import TissueMask, detect_tissue, read_mask, thumbnail, write_mask_png
-from training.io.slides import Resolution, Slide, choose_resolution, open_slide
+from training.io.slides import Resolution, Slide, VirtualLevel, choose_resolution, open_slide
 from training.normalization import image_statistics
 
 #: ``--tissue`` values that are not a mask file.
@@ -58,6 +59,25 @@ def bundle_mpp(info) -> float | None:
     return float(value) if value else None
 
 
+@dataclass(frozen=True)
+class SlideSpec:
+    """What another process needs to open the same source (picklable): the file, the stored level,
+    the downscale factor ``(p, q)`` and whether it is read as gray."""
+
+    path: str
+    level: int
+    factor: tuple[int, int]
+    gray: bool
+
+    def open(self):
+        """The source this spec describes (the slide stays open as long as the source lives)."""
+        slide = open_slide(self.path)
+        stored = slide.level(self.level)
+        factor = Fraction(*self.factor)
+        source = stored if factor == 1 else VirtualLevel(stored, factor)
+        return GraySlide(source) if self.gray else source
+
+
 @dataclass
 class SlideJob:
     """An open slide at the resolution to segment, with its tissue and what skipped tiles become."""
@@ -69,6 +89,12 @@ class SlideJob:
     thumbnail: np.ndarray
     skip: TileSkip | None
     extra: dict = field(default_factory=dict)
+
+    def spec(self) -> SlideSpec:
+        """The picklable description workers open the same source from."""
+        factor = self.resolution.factor
+        return SlideSpec(self.slide.info.path, self.resolution.level, (factor.numerator, factor.denominator),
+                         isinstance(self.source, GraySlide))
 
     def stats(self, normalization) -> tuple[np.ndarray, np.ndarray]:
         """Normalisation statistics: fixed ones as they are, per-image ones from the thumbnail."""

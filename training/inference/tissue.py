@@ -74,9 +74,46 @@ class TissueMask:
         t = self.table()
         return bool(t[r1, c1] - t[r0, c1] - t[r1, c0] + t[r0, c0] > 0)
 
-    def selector(self, to_level0: float):
+    def selector(self, to_level0: float) -> "TissueSelector":
         """A function ``(y0, y1, x0, x1) -> bool`` for boxes in pixels ``to_level0`` times coarser than level 0."""
-        return lambda y0, y1, x0, x1: self.any_in(y0 * to_level0, y1 * to_level0, x0 * to_level0, x1 * to_level0)
+        return TissueSelector(self, to_level0)
+
+    def save(self, path: str | Path) -> Path:
+        """Save the mask (``.npz``: mask, level-0 size) for other processes (:func:`load_mask`)."""
+        path = Path(path)
+        with path.open("wb") as out:
+            np.savez_compressed(out, mask=self.mask, level0=np.asarray(self.level0))
+        return path
+
+
+#: Masks loaded in this process, by file (workers of a batch job load each once).
+_LOADED: dict[str, TissueMask] = {}
+
+
+def load_mask(path: str | Path) -> TissueMask:
+    """A mask saved by :meth:`TissueMask.save`, loaded once per process."""
+    key = str(path)
+    if key not in _LOADED:
+        with np.load(key) as data:
+            _LOADED.clear()
+            _LOADED[key] = TissueMask(data["mask"], tuple(int(n) for n in data["level0"]), source=key)
+    return _LOADED[key]
+
+
+class TissueSelector:
+    """``(y0, y1, x0, x1) -> bool``: does a box of a level ``to_level0`` times coarser than level 0 touch tissue?
+
+    Picklable: a mask saved to a file travels as its path (loaded once per process).
+    """
+
+    def __init__(self, tissue: TissueMask | str, to_level0: float) -> None:
+        self.tissue = tissue
+        self.to_level0 = to_level0
+
+    def __call__(self, y0: int, y1: int, x0: int, x1: int) -> bool:
+        mask = load_mask(self.tissue) if isinstance(self.tissue, str) else self.tissue
+        f = self.to_level0
+        return mask.any_in(y0 * f, y1 * f, x0 * f, x1 * f)
 
 
 def thumbnail(slide, side: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, int]:
