@@ -3,12 +3,14 @@
 A server deployed next to a slide store sets ``TESSERA_DATA_ROOT``; a job's ``path`` is then read
 relative to it. Off unless set. Refused, each with a 4xx naming the reason:
 
-* ``path_disabled`` (403): no data root is configured;
+* ``path_disabled`` (422): no data root is configured;
 * ``absolute_path`` (422): the path is absolute (``/x``, ``C:\\x``, ``\\\\server\\x``);
 * ``parent_path`` (422): the path has a ``..`` part;
-* ``outside_root`` (403): the path resolves outside the root (a symlink leaving it);
+* ``outside_root`` (422): the path resolves outside the root (a symlink leaving it);
 * ``not_found`` (404): no such file under the root;
 * ``not_a_slide`` (415): the file is not a whole-slide image (by name, or a TIFF without a pyramid).
+
+(Not 403: BentoML's task routes answer a 403 as a bare "Authorization error", dropping the reason.)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def data_root() -> Path | None:
 def resolve_data_path(relative: str, root: Path | None) -> Path:
     """The slide ``relative`` names under ``root``, or an :class:`UploadError` saying why not."""
     if root is None:
-        raise UploadError(403, "path_disabled", f"path= is off on this server: set {DATA_ROOT_ENV} to allow it")
+        raise UploadError(422, "path_disabled", f"path= is off on this server: set {DATA_ROOT_ENV} to allow it")
     text = relative.strip()
     if not text:
         raise UploadError(422, "invalid_option", "path is empty")
@@ -46,7 +48,7 @@ def resolve_data_path(relative: str, root: Path | None) -> Path:
         raise UploadError(422, "parent_path", f"path {relative!r} has a '..' part; paths stay inside the data root")
     resolved = (root / Path(*parts)).resolve()
     if not resolved.is_relative_to(root):
-        raise UploadError(403, "outside_root", f"path {relative!r} leads outside the data root (a symbolic link)")
+        raise UploadError(422, "outside_root", f"path {relative!r} leads outside the data root (a symbolic link)")
     if not resolved.is_file():
         raise UploadError(404, "not_found", f"path {relative!r}: no such file under the data root")
     if not is_slide_path(resolved):

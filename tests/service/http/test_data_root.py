@@ -42,7 +42,7 @@ def test_a_slide_under_the_root(root):
     ("path", "status", "error"),
     [("/etc/passwd", 422, "absolute_path"), ("C:\\slides\\a.svs", 422, "absolute_path"),
      ("\\\\server\\share\\a.svs", 422, "absolute_path"), ("cases/../../secret.svs", 422, "parent_path"),
-     ("..", 422, "parent_path"), ("link.svs", 403, "outside_root"), ("cases/missing.svs", 404, "not_found"),
+     ("..", 422, "parent_path"), ("link.svs", 422, "outside_root"), ("cases/missing.svs", 404, "not_found"),
      ("cases", 404, "not_found"), ("notes.txt", 415, "not_a_slide"), ("flat.tif", 415, "not_a_slide"),
      ("  ", 422, "invalid_option")],
 )
@@ -53,6 +53,6 @@ def test_refusals(root, path, status, error):
 def test_off_unless_configured(monkeypatch, root):
     monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
     assert data_root() is None
-    assert refusal("cases/a.svs", None) == (403, "path_disabled")
+    assert refusal("cases/a.svs", None) == (422, "path_disabled")
     monkeypatch.setenv(DATA_ROOT_ENV, str(root))
     assert data_root() == root
