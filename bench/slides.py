@@ -134,7 +134,7 @@ def child(argv: list[str]) -> dict:
 
 
 def run_child(argv: list[str]) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(argv)], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(argv)], capture_output=True, text=True, cwd=REPO, check=False)
     if done.returncode != 0:
         raise SystemExit(f"tessera {' '.join(argv)}: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -74,7 +74,7 @@ class TissueMask:
         t = self.table()
         return bool(t[r1, c1] - t[r0, c1] - t[r1, c0] + t[r0, c0] > 0)
 
-    def selector(self, to_level0: float) -> "TissueSelector":
+    def selector(self, to_level0: float) -> TissueSelector:
         """A function ``(y0, y1, x0, x1) -> bool`` for boxes in pixels ``to_level0`` times coarser than level 0."""
         return TissueSelector(self, to_level0)
 
@@ -176,7 +176,7 @@ def tissue_from_rgb(rgb: np.ndarray, mpp: float | None, level0: tuple[int, int])
 
 def detect_tissue(slide) -> tuple[TissueMask, np.ndarray]:
     """The tissue of an open :class:`~training.io.slides.Slide` and the thumbnail it was found on."""
-    image, level = thumbnail(slide)
+    image, _ = thumbnail(slide)
     info = slide.info
     level0 = (info.levels[0].height, info.levels[0].width)
     mpp = None if info.mpp is None else info.mpp[0] * level0[1] / image.shape[1]

@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -126,7 +127,7 @@ class OpenSlideReader:
         import openslide
 
         downsample = self.slide.level_downsamples[level]
-        origin = (int(round(x0 * downsample)), int(round(y0 * downsample)))
+        origin = (round(x0 * downsample), round(y0 * downsample))
         try:
             region = self.slide.read_region(origin, level, (x1 - x0, y1 - y0))
         except openslide.OpenSlideError as error:
@@ -182,7 +183,7 @@ class TiffSlideReader:
             self.tiff = tifffile.TiffFile(path)
             series = self.tiff.series[0]
             self.arrays = [zarr.open_array(series.aszarr(level=i), mode="r") for i in range(len(series.levels))]
-        except Exception as error:  # tifffile raises many types for broken files
+        except Exception as error:  # noqa: BLE001 (tifffile raises many types for broken files)
             raise ImageError(f"{path}: slide cannot be read ({error})", "corrupt") from None
         self.axes = series.axes
         if self.axes not in ("YXS", "YX"):
@@ -201,7 +202,7 @@ class TiffSlideReader:
         """Level ``level`` rows ``y0..y1-1``, columns ``x0..x1-1`` as uint8 RGB."""
         try:
             block = np.asarray(self.arrays[level][y0:y1, x0:x1])
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 (zarr and the codecs raise many types)
             raise ImageError(f"{self.path}: slide cannot be decoded ({error})", "corrupt") from None
         if block.ndim == 2:
             return np.repeat(block[..., None], 3, axis=-1)
@@ -366,7 +367,7 @@ class Slide:
         """Release the reader."""
         self.reader.close()
 
-    def __enter__(self) -> "Slide":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -386,7 +387,7 @@ def is_slide_path(path: str | Path) -> bool:
     try:
         with tifffile.TiffFile(path) as tiff:
             return bool(tiff.series) and len(tiff.series[0].levels) > 1
-    except Exception:
+    except Exception:  # noqa: BLE001 (any unreadable file is not a slide)
         return False
 
 

@@ -66,7 +66,7 @@ def test_a_hole_touching_its_shell_at_a_corner_stays_valid():
     labels[3:5, 3:5] = 0
     labels[2, 2] = 0  # hole pixel diagonal to the hole: still enclosed
     labels[1, 1] = 0  # notch diagonal to it: the background touches at a point
-    (cls, polygon), = iter_objects(labels, [1], (4, 4))
+    (_, polygon), = iter_objects(labels, [1], (4, 4))
     assert polygon.is_valid and polygon.area == labels.sum()
 
 

@@ -158,15 +158,14 @@ def test_truncated_slide_is_a_one_line_error(tmp_path, svs):
     data = svs.read_bytes()
     path = tmp_path / "truncated.svs"
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(ImageError) as caught:
-        with open_slide(path) as slide:
-            slide.level(0)[:, :]
+    with pytest.raises(ImageError) as caught, open_slide(path) as slide:
+        slide.level(0)[:, :]
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_non_slide_renamed_svs_is_refused(tmp_path):
     path = tmp_path / "photo.svs"
-    ok, png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    _, png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
     path.write_bytes(png.tobytes())
     with pytest.raises(ImageError, match="not a slide format") as caught:
         open_slide(path)
