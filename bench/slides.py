@@ -232,7 +232,7 @@ def batch_identical(root: Path, bundle: str, slide: Path) -> bool | None:
     outputs = {}
     for scheduler in ("in-process", "local:2"):
         out = root / f"batch-{scheduler.replace(':', '')}"
-        run_child(["batch", bundle, str(slide), "-o", str(out), "--scheduler", scheduler, "--device", "cpu", "--quiet",
+        run_child(["batch", bundle, str(slide), str(out), "--scheduler", scheduler, "--device", "cpu", "--quiet",
                    "--background-class", "cell"])
         stores = sorted(out.glob("*.zarr"))
         outputs[scheduler] = zarr.open_array(str(stores[0] / "0"), mode="r")
