@@ -375,7 +375,8 @@ class Slide:
 
 
 def is_slide_path(path: str | Path) -> bool:
-    """True for a file named like a vendor slide, or a TIFF that holds a pyramid (more than one level)."""
+    """True for a file named like a vendor slide, or a TIFF holding a pyramid (more than one level)
+    of 8-bit gray or RGB(A) pixels; other TIFFs (16-bit, multi-channel) are read as plain images."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in SLIDE_SUFFIXES:
@@ -386,7 +387,9 @@ def is_slide_path(path: str | Path) -> bool:
 
     try:
         with tifffile.TiffFile(path) as tiff:
-            return bool(tiff.series) and len(tiff.series[0].levels) > 1
+            series = tiff.series[0] if tiff.series else None
+            return (series is not None and len(series.levels) > 1 and series.dtype == np.uint8
+                    and series.axes in ("YX", "YXS"))
     except Exception:  # noqa: BLE001 (any unreadable file is not a slide)
         return False
 

@@ -77,6 +77,11 @@ def test_a_plain_tiff_is_not_a_slide(tmp_path, image):
     path = tmp_path / "flat.tif"
     tifffile.imwrite(path, image)
     assert not is_slide_path(path) and is_slide_path(tmp_path / "x.svs")
+    deep = tmp_path / "deep.tif"  # a 16-bit pyramid stays a plain image (read at full resolution)
+    with tifffile.TiffWriter(deep) as writer:
+        writer.write(np.zeros((512, 512), np.uint16), subifds=1, tile=(256, 256))
+        writer.write(np.zeros((256, 256), np.uint16), subfiletype=1, tile=(256, 256))
+    assert not is_slide_path(deep)
 
 
 def test_rgba_over_white():
