@@ -39,10 +39,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from training.bundle import DEFAULT_BUNDLE, Bundle, load_bundle, new_bundle_info  # noqa: E402
+from training.inference.predictor import Predictor  # noqa: E402
 from training.io.images import read_image  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.normalization import Normalization  # noqa: E402
-from training.inference.predictor import Predictor  # noqa: E402
 
 ISBI = ROOT / "training" / "assets" / "isbi2012" / "image"
 #: A valid U-Net of the shipped model's size (width 16, depth 4).

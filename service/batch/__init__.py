@@ -89,17 +89,21 @@ def segment_gigapixel(
     max_pixels: int | None = None,
     progress=None,
     options: InferenceOptions | None = None,
+    slide: dict | None = None,
     **settings: Any,
 ) -> GigapixelReport:
-    """Segment one large TIFF/BigTIFF/zarr image into ``dst/NAME.zarr`` (see :mod:`service.batch.gigapixel`).
+    """Segment one large TIFF/BigTIFF/zarr image or whole-slide image into ``dst/NAME.zarr`` (see
+    :mod:`service.batch.gigapixel`).
 
-    ``options`` / ``settings`` as for :func:`segment_folder` (blending included)."""
+    ``options`` / ``settings`` as for :func:`segment_folder` (blending included); ``slide``: for a
+    whole-slide image, ``mpp``, ``level``, ``tissue`` (auto, none or a mask file) and ``background``
+    as :func:`training.inference.slide.prepare_slide` takes them (default: tissue auto)."""
     parse_scheduler(scheduler)
     if not is_gigapixel_source(src):
-        raise OptionError(f"{src}: not an existing TIFF/BigTIFF or zarr image")
+        raise OptionError(f"{src}: not an existing TIFF/BigTIFF, zarr or whole-slide image")
     spec, predictor = prepare(bundle, options, **settings)
     runner = open_runner(scheduler, spec, predictor)
     try:
-        return run_gigapixel(src, dst, spec, predictor, runner, probabilities, tiff, chunk, max_pixels, progress)
+        return run_gigapixel(src, dst, spec, predictor, runner, probabilities, tiff, chunk, max_pixels, progress, slide)
     finally:
         runner.close()

@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -232,7 +232,7 @@ def segment_file(item: FolderItem, spec: PredictorSpec, options: FolderOptions, 
     except Exception as error:  # any other per-image failure is recorded; the job goes on
         record.update(status="failed", error=f"{type(error).__name__}: {error}", reason="error")
     record["seconds"] = round(time.perf_counter() - started, 4)
-    record["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    record["finished"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return record
 
 

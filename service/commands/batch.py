@@ -7,7 +7,10 @@ SRC decides the job:
   (NAME.overlay.png) and probabilities (NAME.probabilities.tif); DST/manifest.jsonl records each
   input (status, error, timing, content hashes); failed inputs do not stop the others;
 * one TIFF/BigTIFF or zarr image (any size; read lazily): DST/NAME.zarr, an OME-Zarr (zarr v3,
-  NGFF 0.5) label image with a downsampled pyramid, optionally DST/NAME.tif (tiled BigTIFF).
+  NGFF 0.5) label image with a downsampled pyramid, optionally DST/NAME.tif (tiled BigTIFF);
+* one whole-slide image (SVS, NDPI, MRXS, SCN, BIF, pyramidal TIFF, OME-TIFF): the same, at the
+  resolution --mpp/--level/the bundle's data.mpp choose, tiles without tissue skipped
+  (--tissue), the mask as DST/NAME.tissue.png and the OME-Zarr in micrometres.
 
 Rerun the same command after a crash or a kill: finished work is verified (hashes in the manifest,
 done-markers per chunk) and skipped, the rest is done. Outputs appear only when complete. Output
@@ -21,18 +24,9 @@ import argparse
 import json
 import sys
 
-from service.batch import (
-    IN_PROCESS,
-    is_gigapixel_source,
-    segment_folder,
-    segment_gigapixel,
-)
-from service.commands.inference import (
-    add_bundle_argument,
-    add_inference_options,
-    prepare,
-    progress_bar,
-)
+from service.batch import IN_PROCESS, is_gigapixel_source, segment_folder, segment_gigapixel
+from service.commands.inference import add_bundle_argument, add_inference_options, prepare, progress_bar
+from service.commands.predict_slide import add_slide_options, check_slide_options, slide_settings
 from training.errors import OptionError
 from training.io.images import DEFAULT_MAX_PIXELS
 
@@ -46,6 +40,8 @@ examples:
         two-class model: class 1 where its probability >= 0.3 (default: the bundle's threshold)
   tessera batch model.safetensors slide.tif out/ --tiff --scheduler local:2
         one huge image -> out/slide.zarr (OME-Zarr with pyramid) and out/slide.tif, 2 worker processes
+  tessera batch model.safetensors slide.svs out/ --scheduler local:2 --mpp 0.5
+        a whole slide at 0.5 µm per pixel, tiles without tissue skipped
   tessera batch groupnorm.safetensors slide.tif out/ --blend gaussian
         a model that cannot tile exactly (instance/group norm): overlapping tiles averaged
   tessera batch model.safetensors scans/ masks/ --scheduler tcp://10.0.0.5:8786
@@ -73,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--chunk", type=int, default=None,
                         help="gigapixel jobs: chunk edge in pixels, rounded to whole tile steps (default about 1024)")
     add_inference_options(parser, None, f"refuse larger images (folder default {DEFAULT_MAX_PIXELS:,}; gigapixel default: none)")
+    add_slide_options(parser, objects=False)
     parser.set_defaults(handler=run)
 
 
@@ -86,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
         bar, update = progress_bar("chunks", shown)
         with bar:
             report = segment_gigapixel(bundle, args.src, args.dst, tiff=args.tiff, chunk=args.chunk,
-                                       max_pixels=args.max_pixels, progress=update, **common)
+                                       max_pixels=args.max_pixels, progress=update, slide=slide_settings(args), **common)
     else:
+        check_slide_options(args, args.src)
         if args.tiff or args.chunk:
             raise OptionError("--tiff and --chunk are for gigapixel jobs (SRC one TIFF/zarr image)")
         bar, update = progress_bar("images", shown)

@@ -1,7 +1,9 @@
-"""``tessera info``: what a bundle or an architecture is, as JSON.
+"""``tessera info``: what a bundle, an architecture or a whole-slide image is, as JSON.
 
-Prints parameter count, margin (pixels lost per side), halo, stride, the valid tile input sizes
-near a requested size with their output sizes, classes, normalisation and decision threshold.
+For a model: parameter count, margin (pixels lost per side), halo, stride, the valid tile input
+sizes near a requested size with their output sizes, classes, normalisation and decision threshold.
+For a slide (SVS, NDPI, MRXS, SCN, BIF, pyramidal TIFF, OME-TIFF ...): its format, the reader that
+opens it, its levels (width, height, downsample, mpp) and objective power.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ examples:
   tessera info --arch unet --norm none           the 2015 paper's U-Net (31,030,658 parameters)
   tessera info --arch unet --padding same --depth 3 --width 16
   tessera info --arch smp.Unet:resnet34 --in-channels 3
+  tessera info slide.svs                         levels, sizes, mpp and objective power of a slide
 """
 
 
@@ -31,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("bundle", nargs="?", help=f"a bundle file (default: the shipped model, {DEFAULT_BUNDLE.name})")
+    parser.add_argument("bundle", nargs="?",
+                        help=f"a bundle file or a slide (default: the shipped model, {DEFAULT_BUNDLE.name})")
     parser.add_argument("--arch", help="describe an architecture instead: unet | smp.<Arch>:<encoder>")
     parser.add_argument("--size", type=int, default=572, help="tile input size to list valid sizes around (default 572)")
     parser.add_argument("--in-channels", type=int, default=1)
@@ -44,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.bundle and not args.arch and is_slide(args.bundle):
+        print(json.dumps(describe_slide(args.bundle), indent=2))
+        return 0
     if args.arch:
         options = {"depth": args.depth, "width": args.width, "padding": args.padding, "norm": args.norm}
         if args.arch != "unet":
@@ -84,6 +91,21 @@ def describe_geometry(geometry: TileGeometry, size: int) -> dict:
         "requested_size_valid": geometry.is_valid_input(size),
         "valid_sizes": [{"input": n, "output": geometry.output_size(n), "step": _step(geometry, n)} for n in near],
     }
+
+
+def is_slide(path: str) -> bool:
+    """True for a file that is not a bundle and is named or shaped like a whole-slide image."""
+    from training.io.slides import is_slide_path
+
+    return not path.endswith(".safetensors") and is_slide_path(path)
+
+
+def describe_slide(path: str) -> dict:
+    """The slide's format, reader, levels (width, height, downsample, mpp) and objective power."""
+    from training.io.slides import open_slide
+
+    with open_slide(path) as slide:
+        return slide.info.to_dict()
 
 
 def _step(geometry: TileGeometry, size: int) -> int | None:

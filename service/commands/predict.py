@@ -17,18 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from service.commands.inference import (
-    add_bundle_argument,
-    add_inference_options,
-    prepare,
-    progress_bar,
-)
+from service.commands.inference import add_bundle_argument, add_inference_options, prepare, progress_bar
+from service.commands.predict_slide import add_slide_options, check_slide_options, run_slide
 from training.errors import OptionError
 from training.inference.predictor import Predictor
 from training.inference.to_file import predict_to_file
 from training.io.images import DEFAULT_MAX_PIXELS
 from training.io.overlay import save_overlay
 from training.io.readers import fit_channels, open_image
+from training.io.slides import is_slide_path
 from training.io.writers import (
     PNG_MAX_PIXELS,
     PROBABILITY_DTYPES,
@@ -47,6 +44,8 @@ examples:
   tessera predict model.safetensors big.tif -o labels.tif --tile auto --batch-size 4
         measure the fastest tile size first; write a tiled BigTIFF
   tessera predict - huge.tif -o out.zarr --max-pixels 10000000000 --device cuda
+  tessera predict model.safetensors slide.svs -o labels.zarr --objects cells.geojson --mpp 0.5
+        a whole-slide image at 0.5 µm per pixel, tiles without tissue skipped, objects for QuPath
   tessera predict groupnorm.safetensors slide.tif -o labels.zarr --blend gaussian --overlap 0.5
         a model that cannot tile exactly (instance/group norm): average overlapping tiles
 """
@@ -70,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="uint8 = round(255 p) (default), or float16 / float32")
     parser.add_argument("--overlay", metavar="PNG", help="also write the labels drawn over the image (small images)")
     add_inference_options(parser, DEFAULT_MAX_PIXELS, f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
+    add_slide_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -87,6 +87,9 @@ def probability_path(args: argparse.Namespace) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     bundle, options = prepare(args)
+    if is_slide_path(args.input):
+        return run_slide(args, bundle, options, started)
+    check_slide_options(args)
     source = open_image(args.input, max_pixels=args.max_pixels)
     predictor = Predictor(bundle, options)
     source = fit_channels(source, predictor.info.in_channels)

@@ -42,7 +42,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from service.http.jobs import JobFormat, segment_file
+from service.http.data_root import data_root, resolve_data_path
+from service.http.jobs import JobFormat, segment_file, segment_slide_file
 from service.http.responses import class_statistics, coco_objects, geojson_objects
 from service.http.uploads import (
     STATUS_FOR_REASON,
@@ -60,6 +61,7 @@ from training.inference.options import InferenceOptions
 from training.inference.predictor import Predictor
 from training.io.images import ImageError, match_channels
 from training.io.overlay import overlay
+from training.io.slides import ResolutionError
 from training.io.writers import encode_png, encode_probabilities
 
 #: Environment variables the service reads (documented in the README).
@@ -279,28 +281,39 @@ class Tessera:
 
     # ------------------------------------------------------------------ asynchronous jobs
     @bentoml.task(route="/segment_job")
-    def segment_job(self, image: Path, format: JobFormat = JobFormat.tiff) -> bytes:
+    # ``image: Path = None``, not ``Path | None``: BentoML reads a multipart file only into a field typed Path itself.
+    def segment_job(self, image: Path = None, format: JobFormat = JobFormat.tiff, path: str | None = None) -> bytes:  # noqa: RUF013
         """Segment a huge image asynchronously, streamed through the tiler into a label file.
 
         Submit with ``POST /segment_job/submit`` (multipart part ``image``, optional field
         ``format``: ``tiff`` for a tiled BigTIFF, ``zarr`` for a zipped zarr v3 store), poll
         ``GET /segment_job/status?task_id=...``, download ``GET /segment_job/get?task_id=...``.
+        Instead of ``image``, field ``path`` names a whole-slide image relative to
+        ``TESSERA_DATA_ROOT`` (off unless set; :mod:`service.http.data_root` lists the refusals).
         A TIFF upload is read window by window and the labels are written tile by tile, so memory
         is bounded by the tile batch, not the image. The file is answered as bytes: BentoML 1.4.39
         cannot store a file result of a task under Starlette 1.x (its FileResponse needs a request
         method the task store does not give), and it keeps every result in its task database anyway.
         """
         try:
-            source = open_upload(Path(image), self.limits)
+            if (image is None) == (path is None):
+                raise UploadError(422, "invalid_option", "give either an image upload or a path, not both or neither")
             with tempfile.TemporaryDirectory(prefix="tessera-job-") as work:
                 predictor = self.model_thread.submit(self.predictor, self.options).result()
-                result = self.model_thread.submit(segment_file, predictor, source, JobFormat(format), Path(work)).result()
+                if path is not None:
+                    slide = resolve_data_path(path, data_root())
+                    job = (segment_slide_file, predictor, slide, JobFormat(format), Path(work))
+                else:
+                    job = (segment_file, predictor, open_upload(Path(image), self.limits), JobFormat(format), Path(work))
+                result = self.model_thread.submit(*job).result()
                 body = result.path.read_bytes()
         except UploadError as error:  # BentoML answers {"error": message} with this status
             raise BentoMLException(f"{error.error}: {error.detail}", error_code=HTTPStatus(error.status)) from None
         except ImageError as error:
             status = HTTPStatus(STATUS_FOR_REASON[error.reason])
             raise BentoMLException(f"{error.reason}: {error}", error_code=status) from None
+        except ResolutionError as error:  # a slide the model's resolution cannot be read at
+            raise BentoMLException(f"resolution: {error}", error_code=HTTPStatus(422)) from None
         pixels_segmented.labels(endpoint="segment_job").inc(result.pixels)
         headers = {"content-disposition": f'attachment; filename="{result.filename}"'}
         return Response(body, media_type=result.media_type, headers=headers)

@@ -61,3 +61,22 @@ def segment_file(predictor: Predictor, source: ArrayLike2D, fmt: JobFormat, work
     if fmt == JobFormat.zarr:
         return JobResult(zip_directory(output, work / "labels.zarr.zip"), "application/zip", "labels.zarr.zip", pixels)
     return JobResult(output, "image/tiff", "labels.tif", pixels)
+
+
+def segment_slide_file(predictor: Predictor, slide: Path, fmt: JobFormat, work: Path) -> JobResult:
+    """Segment a whole-slide image like :func:`segment_file`: at the bundle's ``data.mpp`` (else
+    level 0), tiles without tissue skipped when the model has a class named ``background``."""
+    from training.inference.slide import prepare_slide
+
+    tissue = "auto" if "background" in predictor.info.classes else "none"
+    job = prepare_slide(slide, predictor.info, tissue=tissue)
+    try:
+        output = work / ("labels.zarr" if fmt == JobFormat.zarr else "labels.tif")
+        grid = predict_to_file(predictor, job.source, output, attributes={"source": slide.name, **job.attributes()},
+                               stats=job.stats(predictor.info.normalization), skip=job.skip)
+    finally:
+        job.close()
+    pixels = grid.height * grid.width
+    if fmt == JobFormat.zarr:
+        return JobResult(zip_directory(output, work / "labels.zarr.zip"), "application/zip", "labels.zarr.zip", pixels)
+    return JobResult(output, "image/tiff", "labels.tif", pixels)

@@ -2,9 +2,11 @@
 
 * :func:`class_statistics` -- pixel count, fraction and area per class (area in ``pixel_size``
   units squared).
-* :func:`geojson_objects` -- every connected object of the requested classes as a GeoJSON
-  ``Feature`` with a ``Polygon`` (exterior ring plus holes) in pixel coordinates, x to the right,
-  y down (the convention QuPath and shapely read), properties ``class``, ``class_name``, ``area``.
+* :func:`geojson_objects` -- every 4-connected object of the requested classes as a GeoJSON
+  ``Feature`` with a ``Polygon`` along pixel edges (exterior ring plus holes; its area is the pixel
+  count) in pixel coordinates, x to the right, y down (the convention QuPath and shapely read),
+  built by :mod:`training.io.geojson` as ``tessera predict --objects`` builds them: properties
+  ``objectType`` and ``classification`` for QuPath, plus ``class``, ``class_name``, ``area``.
 * :func:`coco_objects` -- the same objects as COCO run-length encodings in pycocotools' uncompressed
   form: ``{"size": [h, w], "counts": [...]}``, runs over the column-major (Fortran) flattened mask,
   starting with a run of zeros.
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import cv2
 import numpy as np
 from scipy import ndimage
+
+from training.io.geojson import feature, iter_objects
+from training.io.overlay import PALETTE
 
 
 def class_statistics(labels: np.ndarray, classes: Sequence[str], pixel_size: float = 1.0) -> list[dict]:
@@ -44,34 +48,13 @@ def _components(labels: np.ndarray, classes: Sequence[int]) -> Iterator[tuple[in
                 yield cls, components[box] == index, box
 
 
-def _polygon(mask: np.ndarray, box: tuple[slice, slice]) -> list[list[list[float]]]:
-    """GeoJSON polygon rings (exterior first, then holes) of one object, closed, in image pixels."""
-    padded = np.pad(mask.astype(np.uint8), 1)
-    contours, hierarchy = cv2.findContours(padded, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    oy, ox = box[0].start - 1, box[1].start - 1
-    rings = []
-    order = sorted(range(len(contours)), key=lambda i: hierarchy[0][i][3] != -1)  # exterior first
-    for i in order:
-        points = contours[i][:, 0, :].astype(float) + (ox, oy)
-        ring = points.tolist()
-        if len(ring) < 3:  # a single pixel or a line: draw its pixel square
-            x, y = ring[0]
-            ring = [[x, y], [x + 1, y], [x + 1, y + 1], [x, y + 1]]
-        rings.append(ring + [ring[0]])
-    return rings
-
-
 def geojson_objects(labels: np.ndarray, classes: Sequence[str], include: Sequence[int], pixel_size: float = 1.0) -> dict:
     """A GeoJSON FeatureCollection of the objects of the classes in ``include``."""
     features = []
-    for cls, mask, box in _components(labels, include):
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": _polygon(mask, box)},
-                "properties": {"class": cls, "class_name": classes[cls], "area": float(mask.sum() * pixel_size**2)},
-            }
-        )
+    for cls, polygon in iter_objects(labels, sorted(include), labels.shape[:2]):
+        item = feature(polygon, classes[cls], "annotation", PALETTE[cls % len(PALETTE)], 1.0)
+        item["properties"].update({"class": cls, "class_name": classes[cls], "area": float(polygon.area * pixel_size**2)})
+        features.append(item)
     return {"type": "FeatureCollection", "features": features}
 
 

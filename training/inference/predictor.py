@@ -33,6 +33,7 @@ labels); for same-padded models tiles carry a measured halo and agree up to rare
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import warnings
 from collections.abc import Callable, Iterator
@@ -51,6 +52,7 @@ from training.inference.blending import BandBlender
 from training.inference.decision import check_threshold, decide
 from training.inference.options import AUTO_TILE, BUNDLE_THRESHOLD, InferenceOptions
 from training.inference.prefetch import prefetch
+from training.inference.skipping import TileSkip
 from training.inference.tiling import Box, Tile, TileGrid, check_region
 from training.inference.tta import TTA_MODES, tta_caveat, tta_corrections
 from training.io.images import ImageError, match_channels
@@ -200,12 +202,14 @@ class Predictor:
         stats: Stats | None = None,
         probabilities: bool = False,
         progress: Progress | None = None,
+        skip: TileSkip | None = None,
     ) -> Prediction:
         """Labels (and probabilities) of exactly the block ``[y0, y1) x [x0, x1)`` of ``source``.
 
         The tiles are those of the whole image's grid, so the block is identical to the same block
         of a whole-image run (what a Dask job computes per output chunk). ``stats`` are the whole
         image's normalisation statistics (:meth:`statistics`); computed here when ``None``.
+        ``skip`` as for :meth:`predict_to`.
         """
         height, width = source.shape[:2]
         region = check_region((y0, y1, x0, x1), height, width)
@@ -218,6 +222,7 @@ class Predictor:
             ArraySink(probs, (y0, x0)) if probs is not None else None,
             region,
             progress,
+            skip,
         )
         return Prediction(labels=labels, probabilities=probs)
 
@@ -228,12 +233,15 @@ class Predictor:
         probabilities=None,
         progress: Progress | None = None,
         stats: Stats | None = None,
+        skip: TileSkip | None = None,
     ) -> None:
         """Stream a (possibly lazy, larger than memory) image into sinks, tile by tile.
 
         ``labels`` / ``probabilities`` are :class:`~training.io.writers.Sink` objects or
         arrays with slice assignment of shape ``(H, W)`` / ``(K, H, W)``; a uint8 probability
         sink receives ``round(255 p)``, a float sink the value. Either may be ``None``.
+        ``skip`` (:class:`~training.inference.skipping.TileSkip`): tiles it declines are not
+        computed and write its background block; ``progress`` then counts computed tiles.
         """
         if labels is None and probabilities is None:
             raise ValueError("predict_to needs a labels or a probabilities sink")
@@ -247,6 +255,7 @@ class Predictor:
             as_sink(probabilities),
             (0, height, 0, width),
             progress,
+            skip,
         )
 
     def predict_whole(self, image: np.ndarray, probabilities: bool = True) -> Prediction:
@@ -312,9 +321,8 @@ class Predictor:
         mean, std = stats
         return np.stack([Normalization.apply(mirror_window(source, *t.window), mean, std) for t in tiles])
 
-    def _batches(self, source: ArrayLike2D, grid: TileGrid, region: Box, stats: Stats) -> Iterator[tuple[list[Tile], np.ndarray]]:
+    def _batches(self, source: ArrayLike2D, tiles: list[Tile], stats: Stats) -> Iterator[tuple[list[Tile], np.ndarray]]:
         """Batches of tiles with their input windows, prepared by a reader thread ahead of use."""
-        tiles = list(grid.tiles(region))
         chunks = [tiles[i : i + self.batch_size] for i in range(0, len(tiles), self.batch_size)]
         return prefetch(chunks, lambda chunk: self._windows(source, chunk, stats))
 
@@ -326,11 +334,15 @@ class Predictor:
         probabilities: Sink | None,
         region: Box,
         progress: Progress | None,
+        skip: TileSkip | None = None,
     ) -> None:
-        """Run the tiles of ``region`` and write labels / probabilities block by block."""
+        """Run the tiles of ``region`` and write labels / probabilities block by block; tiles
+        ``skip`` declines write its background block, in grid order among the computed ones."""
         height, width = source.shape[:2]
         grid = self.grid(height, width)
-        total = sum(1 for _ in grid.tiles(region))
+        tiles, declined = skip.split(grid.tiles(region)) if skip is not None else (list(grid.tiles(region)), [])
+        skipped = collections.deque(declined)
+        total = len(tiles)
         prob_dtype = probabilities.dtype if probabilities is not None else None
 
         def emit(box: Box, block: np.ndarray) -> None:
@@ -340,19 +352,32 @@ class Predictor:
                 probabilities.write(box, encode_probabilities(block, prob_dtype))
 
         blender = BandBlender(grid, region, self.num_classes, self.sigma_scale, emit) if self.blend == "gaussian" else None
-        done = 0
-        for tiles, windows in self._batches(source, grid, region, stats):
-            out = self._runner(torch.from_numpy(windows)).numpy()
-            for tile, probs in zip(tiles, out):
-                if blender is not None:
-                    blender.add(tile, probs)
-                    continue
+
+        def put(tile: Tile, probs: np.ndarray) -> None:
+            if blender is not None:
+                blender.add(tile, probs)
+                return
+            y0, y1, x0, x1 = tile.output
+            cy, cx = tile.crop
+            emit(tile.output, probs[:, cy : cy + y1 - y0, cx : cx + x1 - x0])
+
+        def put_skipped(before: tuple[int, int] | None) -> None:
+            """Write the skipped tiles that come before grid position ``before`` (None: all)."""
+            while skipped and (before is None or (skipped[0].row, skipped[0].col) < before):
+                tile = skipped.popleft()
                 y0, y1, x0, x1 = tile.output
-                cy, cx = tile.crop
-                emit(tile.output, probs[:, cy : cy + y1 - y0, cx : cx + x1 - x0])
-            done += len(tiles)
+                put(tile, skip.block(self.num_classes, tile.crop[0] + y1 - y0, tile.crop[1] + x1 - x0))
+
+        done = 0
+        for batch, windows in self._batches(source, tiles, stats):
+            out = self._runner(torch.from_numpy(windows)).numpy()
+            for tile, probs in zip(batch, out):
+                put_skipped((tile.row, tile.col))
+                put(tile, probs)
+            done += len(batch)
             if progress is not None:
                 progress(done, total)
+        put_skipped(None)
         if blender is not None:
             blender.finish()
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from training.inference.predictor import Predictor, Progress
+from training.inference.predictor import Predictor, Progress, Stats
+from training.inference.skipping import TileSkip
 from training.inference.tiling import TileGrid
 from training.io.readers import fit_channels
 from training.io.writers import (
@@ -37,11 +38,15 @@ def predict_to_file(
     attributes: dict | None = None,
     also: Sink | None = None,
     progress: Progress | None = None,
+    stats: Stats | None = None,
+    skip: TileSkip | None = None,
 ) -> TileGrid:
     """Segment ``source`` into the label file ``labels`` (class indices) and, if given, the
     probability file ``probabilities`` (``(K, H, W)`` as ``probability_dtype``: ``uint8`` =
     ``round(255 p)``, ``float16``, ``float32``). ``attributes`` are added to the zarr attributes;
-    ``also`` receives the labels too (e.g. an in-memory copy for an overlay). Returns the grid."""
+    ``also`` receives the labels too (e.g. an in-memory copy for an overlay); ``stats`` and ``skip``
+    go to :meth:`~training.inference.predictor.Predictor.predict_to` (a slide's statistics and
+    tiles without tissue). Returns the grid."""
     source = fit_channels(source, predictor.info.in_channels)
     height, width = source.shape[:2]
     grid = predictor.grid(height, width)
@@ -59,5 +64,5 @@ def predict_to_file(
             probability_sink = stack.enter_context(open_sink(
                 probabilities, (classes, height, width), PROBABILITY_DTYPES[probability_dtype], chunk,
                 {**described, "values": f"probability as {probability_dtype}", "scale": scale}))
-        predictor.predict_to(source, labels=sink, probabilities=probability_sink, progress=progress)
+        predictor.predict_to(source, labels=sink, probabilities=probability_sink, progress=progress, stats=stats, skip=skip)
     return grid

@@ -49,7 +49,9 @@ class DataConfig:
     class whose connected components the adapted Rand error compares (default for two classes:
     class 1, ISBI's ``cell``). ``label_offset``: ``[dy, dx]`` pixels the masks sit off the
     structures they trace (negative: up / left; ISBI 2012: about ``[-0.6, -0.2]``), so that flips
-    and turns keep it (:class:`training.data.augment.OffsetDihedral`).
+    and turns keep it (:class:`training.data.augment.OffsetDihedral`). ``mpp``: micrometres per pixel
+    of the training images, when known; slides are then segmented at that resolution
+    (:mod:`training.io.slides`).
     """
 
     images: str = ""
@@ -64,6 +66,7 @@ class DataConfig:
     foreground_fraction: float = 0.0
     rand_class: str | None = None
     label_offset: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    mpp: float | None = None
 
 
 @dataclass
@@ -182,7 +185,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Cross-field checks beyond types; returns ``self``."""
         from training.device import PRECISIONS
 
@@ -203,6 +206,7 @@ class TrainConfig:
             (self.run.patience >= 0, "run.patience", "must be >= 0"),
             (self.run.val_every >= 1, "run.val_every", "must be >= 1"),
             (0 <= self.data.foreground_fraction <= 1, "data.foreground_fraction", "must be in [0, 1]"),
+            (self.data.mpp is None or self.data.mpp > 0, "data.mpp", "must be a positive number of micrometres per pixel"),
             (self.model.freeze_encoder_epochs >= -1, "model.freeze_encoder_epochs", "must be >= -1"),
             (not (self.model.init and self.model.encoder_weights), "model.init / model.encoder_weights",
              "give one: init starts the whole network from a bundle"),

@@ -40,7 +40,8 @@ def open_source(job: GigapixelJob):
     key = (job.source, job.channels)
     if key not in _SOURCES:
         _SOURCES.clear()
-        _SOURCES[key] = fit_channels(open_image(job.source, max_pixels=job.max_pixels), job.channels)
+        source = job.slide.open() if job.slide is not None else open_image(job.source, max_pixels=job.max_pixels)
+        _SOURCES[key] = fit_channels(source, job.channels)
     return _SOURCES[key]
 
 
@@ -88,7 +89,8 @@ def segment_block(block: np.ndarray, job: GigapixelJob, spec: PredictorSpec, ori
     by, bx = job.plan.before
     image = PaddedImage(block, (y0 - by, x0 - bx), job.shape)
     stats = (np.asarray(job.mean, np.float64), np.asarray(job.std, np.float64))
-    prediction = predictor_for(spec).predict_region(image, y0, y1, x0, x1, stats, probabilities=job.probabilities)
+    prediction = predictor_for(spec).predict_region(image, y0, y1, x0, x1, stats, probabilities=job.probabilities,
+                                                    skip=job.skip)
     planes = [prediction.labels]
     if job.probabilities:
         planes.extend(encode_probabilities(prediction.probabilities, np.uint8))

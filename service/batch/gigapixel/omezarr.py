@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from training.io.overlay import PALETTE
+from training.io.physical import level_datasets, space_axes
 from training.io.writers import open_sink
 
 #: The probabilities image inside the output.
 PROBABILITIES = "probabilities"
-#: OME-NGFF axes of the label and probability images.
-SPACE_AXES = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+#: OME-NGFF channel axis of the probability image (the space axes: :func:`training.io.physical.space_axes`).
 CHANNEL_AXIS = {"name": "c", "type": "channel"}
 
 
@@ -56,29 +56,26 @@ def build_pyramid(group, chunks: tuple[int, int], client) -> int:
     return len(levels)
 
 
-def write_metadata(group, name: str, levels: int, axes: list[dict]) -> None:
-    """OME-NGFF 0.5 multiscales metadata through ome-zarr (scale 2**level on y and x)."""
+def write_metadata(group, name: str, levels: int, lead_axes: list[dict], mpp: float | None = None) -> None:
+    """OME-NGFF 0.5 multiscales metadata through ome-zarr: ``lead_axes`` then ``y, x`` (in
+    micrometres with scale ``mpp * 2**level`` when ``mpp`` is known, else scale ``2**level``)."""
     from ome_zarr.format import FormatV05
     from ome_zarr.writer import write_multiscales_metadata
 
-    lead = [1.0] * (len(axes) - 2)
-    datasets = [
-        {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [*lead, 2.0**level, 2.0**level]}]}
-        for level in range(levels)
-    ]
-    write_multiscales_metadata(group, datasets, fmt=FormatV05(), axes=axes, name=name)
+    datasets = level_datasets(levels, mpp, lead_axes=len(lead_axes))
+    write_multiscales_metadata(group, datasets, fmt=FormatV05(), axes=[*lead_axes, *space_axes(mpp)], name=name)
 
 
 def write_label_image(group, name: str, chunks: tuple[int, int], classes: list[str], probabilities: bool,
-                      attributes: dict, client) -> int:
+                      attributes: dict, client, mpp: float | None = None) -> int:
     """Turn a group holding the full-resolution labels (and probabilities) into the OME-Zarr label
-    image: pyramids, multiscales and ``image-label`` metadata, ``attributes`` under ``tessera``.
-    Returns the number of pyramid levels."""
+    image: pyramids, multiscales (physical pixel size ``mpp`` µm when known) and ``image-label``
+    metadata, ``attributes`` under ``tessera``. Returns the number of pyramid levels."""
     from ome_zarr.format import FormatV05
     from ome_zarr.writer import add_metadata
 
     levels = build_pyramid(group, chunks, client)
-    write_metadata(group, name, levels, SPACE_AXES)
+    write_metadata(group, name, levels, [], mpp)
     add_metadata(group, {"image-label": {
         "version": FormatV05().version,
         "colors": [{"label-value": i, "rgba": [*map(int, PALETTE[i % len(PALETTE)]), 255]} for i in range(1, len(classes))],
@@ -87,7 +84,7 @@ def write_label_image(group, name: str, chunks: tuple[int, int], classes: list[s
     group.attrs["tessera"] = attributes
     if probabilities:
         build_pyramid(group[PROBABILITIES], chunks, client)
-        write_metadata(group[PROBABILITIES], PROBABILITIES, levels, [CHANNEL_AXIS, *SPACE_AXES])
+        write_metadata(group[PROBABILITIES], PROBABILITIES, levels, [CHANNEL_AXIS], mpp)
     return levels
 
 

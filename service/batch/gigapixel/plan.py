@@ -92,7 +92,8 @@ def plan_chunks(predictor, height: int, width: int, chunk: int | None) -> tuple[
 @dataclass(frozen=True)
 class GigapixelJob:
     """What every block needs (picklable): the input, the partial output, the chunking, the
-    map_overlap plan and the whole image's normalisation statistics."""
+    map_overlap plan and the whole image's normalisation statistics; for a slide, how to open it
+    and which tiles to skip."""
 
     source: str
     partial: str
@@ -105,6 +106,10 @@ class GigapixelJob:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     max_pixels: int | None
+    #: A whole-slide input: how to open its source (:class:`~training.inference.slide.SlideSpec`).
+    slide: object | None = None
+    #: Tiles not computed (:class:`~training.inference.skipping.TileSkip`), e.g. without tissue.
+    skip: object | None = None
 
     @property
     def height(self) -> int:

@@ -3,6 +3,7 @@ with a runner, then write the OME-Zarr and move it into place (see :mod:`service
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from service.batch.gigapixel.omezarr import (
     write_tiff,
 )
 from service.batch.gigapixel.plan import GigapixelJob, plan_chunks
+from service.batch.gigapixel.slides import TISSUE_FILE, open_slide_job, slide_key, tile_counts, with_slide
 from service.batch.gigapixel.state import (
     DONE_FOLDER,
     JOB_FILE,
@@ -54,6 +56,11 @@ class GigapixelReport:
     levels: int = 0
     seconds: float = 0.0
     kind: str = "gigapixel"
+    tiles: int = 0
+    tiles_skipped: int = 0
+    skipped_share: float = 0.0
+    slide: dict | None = None
+    tissue_mask: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -74,9 +81,11 @@ def run_gigapixel(
     chunk: int | None = None,
     max_pixels: int | None = None,
     progress: Progress | None = None,
+    slide: dict | None = None,
 ) -> GigapixelReport:
     """Run a gigapixel job with ``runner``; ``predictor`` (built from ``spec`` in this process)
-    plans the grid and computes the normalisation statistics."""
+    plans the grid and computes the normalisation statistics. A whole-slide input is read as
+    :mod:`service.batch.gigapixel.slides` says (``slide``: mpp, level, tissue, background)."""
     started = time.perf_counter()
     src, root = Path(src), Path(dst)
     stem = output_stem(src)
@@ -87,20 +96,38 @@ def run_gigapixel(
                              tiff=str(tiff_path) if tiff_path else None)
     with job_lock(root):
         sweep_temporaries(root)
-        source = fit_channels(open_image(src, max_pixels=max_pixels), predictor.info.in_channels)
-        height, width = (int(n) for n in source.shape[:2])
-        plan, chunks = plan_chunks(predictor, height, width, chunk)
-        key = gigapixel_key(spec, src, (height, width), chunks, probabilities)
-        report.shape, report.chunk = [height, width], list(chunks)
-        if is_complete(output, key):
-            report_complete(report, output, tiff_path)
-        else:
-            partial = root / f".{output.name}{PARTIAL_SUFFIX}"
-            job = open_partial(partial, key, src, source, predictor, plan, chunks, probabilities, max_pixels)
-            compute_pending(job, spec, runner, report, progress)
-            report.levels = finish(partial, output, job, spec, predictor, key, tiff_path, runner.client)
+        slide_job = open_slide_job(src, predictor, slide)
+        with contextlib.closing(slide_job) if slide_job is not None else contextlib.nullcontext():
+            source = slide_job.source if slide_job is not None else open_image(src, max_pixels=max_pixels)
+            source = fit_channels(source, predictor.info.in_channels)
+            height, width = (int(n) for n in source.shape[:2])
+            plan, chunks = plan_chunks(predictor, height, width, chunk)
+            key = gigapixel_key(spec, src, (height, width), chunks, probabilities, **slide_key(slide_job))
+            report.shape, report.chunk = [height, width], list(chunks)
+            describe_slide(report, slide_job, predictor, output)
+            if is_complete(output, key):
+                report_complete(report, output, tiff_path)
+            else:
+                partial = root / f".{output.name}{PARTIAL_SUFFIX}"
+                statistics = (lambda: slide_job.stats(predictor.info.normalization)) if slide_job is not None else None
+                job = open_partial(partial, key, src, source, predictor, plan, chunks, probabilities, max_pixels, statistics)
+                job = with_slide(job, slide_job)
+                compute_pending(job, spec, runner, report, progress)
+                report.levels = finish(partial, output, job, spec, predictor, key, tiff_path, runner.client, report.slide)
+                if slide_job is not None:
+                    slide_job.write_mask(root / f"{stem}.tissue.png")
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+def describe_slide(report: GigapixelReport, slide_job, predictor, output: Path) -> None:
+    """The report's tile counts, and for a slide its resolution, tissue and mask file."""
+    report.tiles, report.tiles_skipped = tile_counts(slide_job, predictor, *report.shape)
+    report.skipped_share = round(report.tiles_skipped / max(report.tiles, 1), 6)
+    if slide_job is not None:
+        report.slide = slide_job.attributes()["slide"]
+        if slide_job.tissue is not None:
+            report.tissue_mask = str(output.with_name(f"{output_stem(output)}.tissue.png"))
 
 
 def report_complete(report: GigapixelReport, output: Path, tiff_path: Path | None) -> None:
@@ -138,7 +165,7 @@ def compute_pending(job: GigapixelJob, spec: PredictorSpec, runner, report: Giga
 
 
 def finish(partial: Path, output: Path, job: GigapixelJob, spec: PredictorSpec, predictor, key: str,
-           tiff_path: Path | None, client) -> int:
+           tiff_path: Path | None, client, slide: dict | None = None) -> int:
     """Zarr temporaries of killed writers removed; pyramid, metadata, optional BigTIFF; then
     markers removed and the output renamed in place. Returns the number of pyramid levels."""
     import zarr  # lazy, like every zarr import of the job: keeps `tessera --help` fast
@@ -152,10 +179,13 @@ def finish(partial: Path, output: Path, job: GigapixelJob, spec: PredictorSpec, 
         **({"blend": {"mode": options.blend, "overlap": options.overlap, "sigma_scale": options.sigma_scale}}
            if options.blend != "none" else {}),
         **({"probabilities": {"path": PROBABILITIES, "values": "round(255 p)", "scale": 1 / 255}} if job.probabilities else {}),
+        **({"slide": slide} if slide is not None else {}),
     }
     group = zarr.open_group(str(partial), mode="r+")
     levels = write_label_image(group, output_stem(output), job.chunk, list(predictor.info.classes), job.probabilities,
-                               attributes, client)
+                               attributes, client, slide.get("mpp") if slide else None)
+    if (partial / TISSUE_FILE).exists():
+        (partial / TISSUE_FILE).unlink()
     if tiff_path is not None:
         write_tiff(partial, tiff_path, job.chunk[0])
     shutil.rmtree(partial / DONE_FOLDER)

@@ -22,6 +22,7 @@ from service.batch.jobkey import job_key
 from service.batch.scheduler import PredictorSpec
 from training.io.images import TIFF_SUFFIXES
 from training.io.readers import ZARR_SUFFIXES
+from training.io.slides import SLIDE_SUFFIXES
 from training.io.writers import label_dtype
 
 #: Name suffix of the folder an unfinished output lives in.
@@ -35,15 +36,15 @@ GIGAPIXEL_SUFFIXES = TIFF_SUFFIXES + ZARR_SUFFIXES
 
 
 def is_gigapixel_source(src: str | Path) -> bool:
-    """True for an existing TIFF/BigTIFF file or zarr store (what a gigapixel job takes)."""
+    """True for an existing TIFF/BigTIFF file, zarr store or whole-slide image (what a gigapixel job takes)."""
     path = Path(src)
-    return path.suffix.lower() in GIGAPIXEL_SUFFIXES and path.exists()
+    return path.exists() and (path.suffix.lower() in GIGAPIXEL_SUFFIXES or path.suffix.lower() in SLIDE_SUFFIXES)
 
 
 def output_stem(src: Path) -> str:
     """The input's name without its image suffixes (``slide.ome.tif`` -> ``slide``)."""
     name = src.name
-    for suffix in (*GIGAPIXEL_SUFFIXES, ".ome"):
+    for suffix in (*GIGAPIXEL_SUFFIXES, *SLIDE_SUFFIXES, ".ome"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return name or "image"
@@ -55,9 +56,12 @@ def source_fingerprint(path: Path) -> dict:
     return {"path": str(path.resolve()), "files": [[str(f.relative_to(path)) if f != path else "", f.stat().st_size, f.stat().st_mtime_ns] for f in files]}
 
 
-def gigapixel_key(spec: PredictorSpec, src: Path, shape: tuple[int, int], chunks: tuple[int, int], probabilities: bool) -> str:
-    """The job key (:func:`service.batch.jobkey.job_key`) over the input, its size and the chunking."""
-    return job_key(spec, shape=list(shape), chunk=list(chunks), probabilities=probabilities, source=source_fingerprint(src))
+def gigapixel_key(spec: PredictorSpec, src: Path, shape: tuple[int, int], chunks: tuple[int, int], probabilities: bool,
+                  **extra) -> str:
+    """The job key (:func:`service.batch.jobkey.job_key`) over the input, its size and the chunking
+    (and ``extra`` fields: a slide's resolution and tissue)."""
+    return job_key(spec, shape=list(shape), chunk=list(chunks), probabilities=probabilities, source=source_fingerprint(src),
+                   **extra)
 
 
 def marker(partial: Path, index: tuple[int, int]) -> Path:
@@ -92,15 +96,16 @@ def saved_statistics(partial: Path, key: str) -> tuple[tuple[float, ...], tuple[
 
 
 def open_partial(partial: Path, key: str, src: Path, source, predictor, plan: OverlapPlan, chunks: tuple[int, int],
-                 probabilities: bool, max_pixels: int | None) -> GigapixelJob:
-    """The job of an unfinished output with this key (resumed), or a fresh partial output."""
+                 probabilities: bool, max_pixels: int | None, statistics=None) -> GigapixelJob:
+    """The job of an unfinished output with this key (resumed), or a fresh partial output.
+    ``statistics``: a function giving the normalisation statistics (default: the predictor's of ``source``)."""
     shape = tuple(int(n) for n in source.shape)
     classes = predictor.num_classes
     stats = saved_statistics(partial, key)
     if stats is None:
         if partial.exists():
             shutil.rmtree(partial)
-        mean, std = predictor.statistics(source)
+        mean, std = statistics() if statistics is not None else predictor.statistics(source)
         stats = (tuple(float(v) for v in np.atleast_1d(mean)), tuple(float(v) for v in np.atleast_1d(std)))
         create_partial(partial, shape[:2], chunks, classes, probabilities)
         atomic_write(partial / JOB_FILE, json.dumps({"job": key, "mean": stats[0], "std": stats[1]}).encode())

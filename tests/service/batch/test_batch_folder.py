@@ -17,9 +17,9 @@ from service.batch import segment_folder
 from service.batch.files import UnsafeNameError, job_lock, safe_relative
 from service.cli import main
 from tests.support.batch import TILE, make_folder, tree_bytes
+from training.inference.predictor import Predictor
 from training.io.images import read_image
 from training.io.overlay import overlay
-from training.inference.predictor import Predictor
 from training.io.writers import encode_png, encode_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -12,9 +12,9 @@ from tests.support.bundles import TINY_UNET, make_bundle
 from tests.support.images import random_image
 from tests.support.paths import ISBI
 from training.bundle import save_bundle
+from training.inference.predictor import Predictor
 from training.io.images import ImageError, read_image
 from training.io.overlay import overlay
-from training.inference.predictor import Predictor
 from training.io.readers import fit_channels, open_image
 from training.io.writers import TIFF_TILE, encode_probabilities, open_sink
 
