@@ -25,6 +25,8 @@ labels byte-identical to the in-process one).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import resource
 import subprocess
@@ -34,9 +36,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tifffile
+import torch
+import zarr
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from service.cli import main as tessera_main
+from training.bundle import new_bundle_info, save_bundle
+from training.inference.options import InferenceOptions
+from training.inference.predictor import Predictor
+from training.inference.slide import prepare_slide
+from training.io.images import read_image
+from training.models import build_model
+from training.normalization import Normalization
+
 ISBI_IMAGES = REPO / "training" / "assets" / "isbi2012" / "image"
 #: Tile edge of the written slide, pixels.
 SLIDE_TILE = 512
@@ -56,8 +71,6 @@ class SyntheticSlide:
     """Pixels of the synthetic slide, generated for any box of any level (downsample ``step``)."""
 
     def __init__(self, size: int, share: float) -> None:
-        from training.io.images import read_image
-
         self.size = size
         self.scale = float(np.sqrt(share / ellipse_share(1.0)))
         slices = [read_image(p) for p in sorted(ISBI_IMAGES.glob("*.png"), key=lambda p: int(p.stem))]
@@ -95,8 +108,6 @@ class SyntheticSlide:
 
     def write(self, path: Path) -> Path:
         """An Aperio SVS of levels with downsample 1, 4, 16 (while over 512 px), JPEG tiles."""
-        import tifffile
-
         head = f"Aperio Image Library v12.0.15\r\n{self.size}x{self.size} [0,0 {self.size}x{self.size}] ({SLIDE_TILE}x{SLIDE_TILE}) JPEG/RGB Q=85"
         tags = f"|AppMag = 20|MPP = {MPP}"
         steps = [4**i for i in range(4) if self.size // 4**i >= 512] or [1]
@@ -116,15 +127,10 @@ class SyntheticSlide:
 # ------------------------------------------------------------------------------------ children
 def child(argv: list[str]) -> dict:
     """Run ``tessera`` with ``argv`` in this process; its summary, seconds and peak RSS."""
-    from service.cli import main
-
     start = time.perf_counter()
-    import contextlib
-    import io
-
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(argv)
+        code = tessera_main(argv)
     if code != 0:
         raise SystemExit(f"tessera {' '.join(argv)} failed with {code}")
     lines = [line for line in out.getvalue().splitlines() if line.startswith("{")]
@@ -142,12 +148,6 @@ def run_child(argv: list[str]) -> dict:
 
 def tissue_tiles_equal(slide: Path, auto: Path, none: Path, bundle: str | None, background: str) -> bool:
     """Whether every tile the ``auto`` run computed has the labels of the ``none`` run."""
-    import zarr
-
-    from training.inference.options import InferenceOptions
-    from training.inference.predictor import Predictor
-    from training.inference.slide import prepare_slide
-
     predictor = Predictor(bundle, InferenceOptions(device="cpu"))
     job = prepare_slide(slide, predictor.info, background=background)
     try:
@@ -161,12 +161,6 @@ def tissue_tiles_equal(slide: Path, auto: Path, none: Path, bundle: str | None, 
 
 def tiny_bundle(root: Path) -> str:
     """A depth-2, width-4 U-Net with a ``background`` class (quick runs)."""
-    import torch
-
-    from training.bundle import new_bundle_info, save_bundle
-    from training.models import build_model
-    from training.normalization import Normalization
-
     spec = {"arch": "unet", "in_channels": 1, "num_classes": 2, "depth": 2, "width": 4, "padding": "valid"}
     torch.manual_seed(0)
     model = build_model(spec).eval()
@@ -227,8 +221,6 @@ def main() -> None:
 
 def batch_identical(root: Path, bundle: str, slide: Path) -> bool | None:
     """``tessera batch`` on the slide in-process and on ``local:2``: identical label bytes (None: not run)."""
-    import zarr
-
     outputs = {}
     for scheduler in ("in-process", "local:2"):
         out = root / f"batch-{scheduler.replace(':', '')}"

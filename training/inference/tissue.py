@@ -24,7 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.io.images import ImageError
+from training.io.images import ImageError, read_image
+from training.io.slides import VirtualLevel
 
 #: Longest side of the image tissue is detected on (pixels).
 THUMBNAIL_SIDE = 2048
@@ -122,8 +123,6 @@ def thumbnail(slide, side: int = THUMBNAIL_SIDE) -> tuple[np.ndarray, int]:
     The finest stored level with both sides at most ``side``; when every level is larger, the
     coarsest one area-downscaled by the smallest integer factor that fits, read in bands of rows.
     """
-    from training.io.slides import VirtualLevel
-
     levels = slide.info.levels
     small = [i for i, lv in enumerate(levels) if max(lv.height, lv.width) <= side]
     if small:
@@ -147,14 +146,14 @@ def otsu_threshold(values: np.ndarray) -> float:
     """Otsu's threshold of optical densities (histogram of 256 bins), at least :data:`MIN_DENSITY`."""
     if values.size == 0 or float(values.max()) <= MIN_DENSITY:
         return float("inf")
-    from skimage.filters import threshold_otsu
+    from skimage.filters import threshold_otsu  # noqa: PLC0415  skimage (~0.6 s) loads for tissue detection only, not with every predict
 
     return max(float(threshold_otsu(values, nbins=256)), MIN_DENSITY)
 
 
 def clean_up(mask: np.ndarray, mpp: float | None) -> np.ndarray:
     """Opening, closing, then objects and holes below :data:`MIN_OBJECT_UM2` removed (sizes from ``mpp``)."""
-    from skimage.morphology import remove_small_holes, remove_small_objects
+    from skimage.morphology import remove_small_holes, remove_small_objects  # noqa: PLC0415  skimage (~0.6 s) loads for tissue detection only, not with every predict
 
     radius = max(1, round(CLEANUP_RADIUS_UM / mpp)) if mpp else 1
     min_size = max(1, round(MIN_OBJECT_UM2 / mpp**2)) if mpp else 64
@@ -185,8 +184,6 @@ def detect_tissue(slide) -> tuple[TissueMask, np.ndarray]:
 
 def read_mask(path: str | Path, level0: tuple[int, int]) -> TissueMask:
     """A user's tissue mask (PNG or any image; non-zero = tissue) for a slide of level-0 size ``level0``."""
-    from training.io.images import read_image
-
     path = Path(path)
     pixels = read_image(path)
     mask = pixels.any(axis=2) if pixels.ndim == 3 else pixels > 0

@@ -27,12 +27,14 @@ larger window: tiles of a virtual level equal the same part of the whole downsca
 from __future__ import annotations
 
 import math
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Self
 
 import numpy as np
+import tifffile
 
 from training.errors import TesseraError
 from training.io.images import TIFF_MAGIC, ImageError
@@ -105,7 +107,7 @@ class OpenSlideReader:
     name = "openslide"
 
     def __init__(self, path: Path, cache_bytes: int = OPENSLIDE_CACHE_BYTES) -> None:
-        import openslide
+        import openslide  # noqa: PLC0415  openslide loads for vendor slides only
 
         try:
             self.slide = openslide.OpenSlide(str(path))
@@ -125,7 +127,7 @@ class OpenSlideReader:
 
     def read(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Level ``level`` rows ``y0..y1-1``, columns ``x0..x1-1`` as uint8 RGB (over white)."""
-        import openslide
+        import openslide  # noqa: PLC0415  openslide loads for vendor slides only
 
         downsample = self.slide.level_downsamples[level]
         origin = (round(x0 * downsample), round(y0 * downsample))
@@ -142,8 +144,6 @@ class OpenSlideReader:
 
 def ome_mpp(tiff) -> tuple[float, float] | None:
     """Level-0 microns per pixel from OME-XML ``PhysicalSizeX/Y`` (units converted), or None."""
-    import xml.etree.ElementTree as ET
-
     if not tiff.is_ome:
         return None
     root = ET.fromstring(tiff.ome_metadata)
@@ -177,8 +177,7 @@ class TiffSlideReader:
     name = "tifffile"
 
     def __init__(self, path: Path) -> None:
-        import tifffile
-        import zarr
+        import zarr  # noqa: PLC0415  zarr loads for slides only, not with every image read
 
         try:
             self.tiff = tifffile.TiffFile(path)
@@ -384,8 +383,6 @@ def is_slide_path(path: str | Path) -> bool:
         return True
     if suffix not in (".tif", ".tiff", ".btf", ".tf8") or not path.is_file():
         return False
-    import tifffile
-
     try:
         with tifffile.TiffFile(path) as tiff:
             series = tiff.series[0] if tiff.series else None
@@ -397,7 +394,7 @@ def is_slide_path(path: str | Path) -> bool:
 
 def open_slide(path: str | Path, cache_bytes: int = OPENSLIDE_CACHE_BYTES) -> Slide:
     """Open a slide with the reader that reads it (module docstring); errors are one-line ImageErrors."""
-    import openslide
+    import openslide  # noqa: PLC0415  openslide loads for slides only, not with every image read
 
     path = Path(path)
     if not path.is_file():

@@ -100,7 +100,7 @@ def segment_block(block: np.ndarray, job: GigapixelJob, spec: PredictorSpec, ori
 def write_block(segmented: np.ndarray, job: GigapixelJob, origin: tuple[int, int],
                 block_info: dict | None = None) -> np.ndarray:
     """Write one segmented chunk into the partial output, then its done-marker."""
-    import zarr
+    import zarr  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too
 
     y0, y1, x0, x1 = _location(block_info, 0, origin)
     group = zarr.open_group(job.partial, mode="r+")
@@ -113,7 +113,7 @@ def write_block(segmented: np.ndarray, job: GigapixelJob, origin: tuple[int, int
 
 def padded_input(job: GigapixelJob):
     """The mirror-padded input as a lazy dask array chunked like the output (plus the padding)."""
-    import dask.array as da
+    import dask.array as da  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too
 
     chunks = (job.padded_chunks(0), job.padded_chunks(1), *((n,) for n in job.shape[2:]))
     data = PaddedInput(job)
@@ -125,7 +125,7 @@ def segmentation(padded, job: GigapixelJob, spec: PredictorSpec,
     """The output chunks ``rows x cols`` (chunk indices, default all) as a lazy
     ``(job.layers, h, w)`` dask array: ``map_overlap`` of :func:`segment_block` over those chunks
     of the padded input plus their ring of neighbours, ``boundary="none"``."""
-    import dask.array as da
+    import dask.array as da  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too
 
     (r0, r1), (c0, c1) = rows or (0, job.grid[0]), cols or (0, job.grid[1])
     a, b = max(0, r0 - 1), min(job.grid[0], r1 + 1)
@@ -145,7 +145,7 @@ def segmentation(padded, job: GigapixelJob, spec: PredictorSpec,
 def window_work(padded, job: GigapixelJob, spec: PredictorSpec, pending: list[tuple[int, int]]) -> Iterator[Work]:
     """For each :data:`WINDOW` x :data:`WINDOW` window holding pending chunks: the optimised
     graph of its written chunks and the keys of the pending ones (built one window at a time)."""
-    from dask.array.optimization import optimize
+    from dask.array.optimization import optimize  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too
 
     windows: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for r, c in pending:

@@ -38,7 +38,7 @@ def pyramid_levels(height: int, width: int, chunks: tuple[int, int]) -> list[tup
 def build_pyramid(group, chunks: tuple[int, int], client) -> int:
     """Write levels ``1..n`` of ``group`` from level ``0``, each the previous one's every other
     pixel (nearest: exact for class indices), through dask (on the cluster if there is one)."""
-    import dask.array as da
+    import dask.array as da  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too
 
     base = group["0"]
     shape = base.shape[-2:]
@@ -59,8 +59,8 @@ def build_pyramid(group, chunks: tuple[int, int], client) -> int:
 def write_metadata(group, name: str, levels: int, lead_axes: list[dict], mpp: float | None = None) -> None:
     """OME-NGFF 0.5 multiscales metadata through ome-zarr: ``lead_axes`` then ``y, x`` (in
     micrometres with scale ``mpp * 2**level`` when ``mpp`` is known, else scale ``2**level``)."""
-    from ome_zarr.format import FormatV05
-    from ome_zarr.writer import write_multiscales_metadata
+    from ome_zarr.format import FormatV05  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too (~0.9 s)
+    from ome_zarr.writer import write_multiscales_metadata  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too (~0.9 s)
 
     datasets = level_datasets(levels, mpp, lead_axes=len(lead_axes))
     write_multiscales_metadata(group, datasets, fmt=FormatV05(), axes=[*lead_axes, *space_axes(mpp)], name=name)
@@ -71,8 +71,8 @@ def write_label_image(group, name: str, chunks: tuple[int, int], classes: list[s
     """Turn a group holding the full-resolution labels (and probabilities) into the OME-Zarr label
     image: pyramids, multiscales (physical pixel size ``mpp`` µm when known) and ``image-label``
     metadata, ``attributes`` under ``tessera``. Returns the number of pyramid levels."""
-    from ome_zarr.format import FormatV05
-    from ome_zarr.writer import add_metadata
+    from ome_zarr.format import FormatV05  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too (~0.9 s)
+    from ome_zarr.writer import add_metadata  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too (~0.9 s)
 
     levels = build_pyramid(group, chunks, client)
     write_metadata(group, name, levels, [], mpp)
@@ -90,7 +90,7 @@ def write_label_image(group, name: str, chunks: tuple[int, int], classes: list[s
 
 def write_tiff(store: Path, path: Path, rows: int) -> None:
     """Stream the full-resolution labels of an OME-Zarr into a tiled BigTIFF, ``rows`` at a time."""
-    import zarr
+    import zarr  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too
 
     labels = zarr.open_array(str(store / "0"), mode="r")
     height, width = labels.shape

@@ -168,7 +168,7 @@ def finish(partial: Path, output: Path, job: GigapixelJob, spec: PredictorSpec, 
            tiff_path: Path | None, client, slide: dict | None = None) -> int:
     """Zarr temporaries of killed writers removed; pyramid, metadata, optional BigTIFF; then
     markers removed and the output renamed in place. Returns the number of pyramid levels."""
-    import zarr  # lazy, like every zarr import of the job: keeps `tessera --help` fast
+    import zarr  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too
 
     sweep_temporaries(partial)
     options = spec.options

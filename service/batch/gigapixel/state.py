@@ -118,7 +118,7 @@ def open_partial(partial: Path, key: str, src: Path, source, predictor, plan: Ov
 
 def create_partial(partial: Path, shape: tuple[int, int], chunks: tuple[int, int], classes: int, probabilities: bool) -> None:
     """An empty partial output: the full-resolution label array (and probabilities), no markers."""
-    import zarr  # lazy, like every zarr import of the job: keeps `tessera --help` fast
+    import zarr  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too
 
     group = zarr.open_group(str(partial), mode="w", zarr_format=3)
     group.create_array("0", shape=shape, chunks=chunks, dtype=label_dtype(classes), fill_value=0,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import zarr
 
 from service.batch import segment_gigapixel
@@ -59,8 +60,6 @@ def test_another_tissue_setting_starts_over(bundle: Path, svs: Path, tmp_path: P
 
 
 def test_slide_options_on_a_plain_tiff_are_refused(bundle: Path, tmp_path: Path) -> None:
-    import tifffile
-
     tifffile.imwrite(tmp_path / "flat.tif", np.zeros((64, 64), np.uint8))
     with pytest.raises(ValueError, match="for whole-slide images only"):
         segment_gigapixel(bundle, tmp_path / "flat.tif", tmp_path / "out", tile=TILE, slide={"mpp": 0.5})

@@ -9,9 +9,15 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+import zarr
+from ome_zarr.format import FormatV05
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Reader
+from ome_zarr.writer import write_multiscales_metadata
 
 from tests.support.slides import pyramid, tissue_image, write_ome_tiff, write_svs
 from training.io.images import ImageError
+from training.io.physical import level_datasets, space_axes
 from training.io.slides import (
     ResolutionError,
     VirtualLevel,
@@ -183,14 +189,6 @@ def test_non_slide_renamed_svs_is_refused(tmp_path):
 
 
 def test_ome_zarr_physical_pixel_size(tmp_path):
-    import zarr
-    from ome_zarr.format import FormatV05
-    from ome_zarr.io import parse_url
-    from ome_zarr.reader import Reader
-    from ome_zarr.writer import write_multiscales_metadata
-
-    from training.io.physical import level_datasets, space_axes
-
     group = zarr.open_group(str(tmp_path / "labels.zarr"), mode="w", zarr_format=3)
     group.create_array("0", shape=(64, 64), dtype="uint8")
     group.create_array("1", shape=(32, 32), dtype="uint8")
