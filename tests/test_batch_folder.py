@@ -17,7 +17,7 @@ from service.batch.files import UnsafeNameError, job_lock, safe_relative
 from service.cli import main
 from tests.batch_support import TILE, make_bundle, make_folder, tree_bytes
 from training.io.images import read_image
-from training.io.overlay import overlay
+from training.io.overlay import foreground_classes, overlay
 from training.inference.predictor import Predictor
 from training.io.writers import encode_png, encode_probabilities
 
@@ -50,7 +50,7 @@ def test_outputs_equal_the_predictor_and_manifest_hashes_match(bundle: Path, tmp
         assert 0 < labels.mean() < 1  # both classes present: the comparison means something
         probabilities = tifffile.imread(dst / f"{stem}.probabilities.tif")
         np.testing.assert_array_equal(probabilities, encode_probabilities(expected.probabilities, np.uint8))
-        assert (dst / f"{stem}.overlay.png").read_bytes() == encode_png(overlay(pixels, expected.labels))
+        assert (dst / f"{stem}.overlay.png").read_bytes() == encode_png(overlay(pixels, expected.labels, foreground_classes(predictor.info)))
         record = records[name]
         assert record["status"] == "ok" and record["error"] is None and record["seconds"] > 0
         assert record["output"] == f"{stem}.png"

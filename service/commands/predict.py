@@ -29,7 +29,7 @@ from service.commands.inference import (
     progress_bar,
 )
 from training.io.images import DEFAULT_MAX_PIXELS
-from training.io.overlay import save_overlay
+from training.io.overlay import foreground_classes, save_overlay
 from training.inference.predictor import Predictor
 from training.io.readers import fit_channels, open_image
 from training.io.writers import PNG_MAX_PIXELS, PROBABILITY_DTYPES, TeeSink, ArraySink, label_dtype, open_sink
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         with bar:
             predictor.predict_to(source, labels=labels, probabilities=probability_sink, progress=callback)
     if drawn is not None:
-        save_overlay(args.overlay, np.asarray(source[0:height, 0:width]), drawn)
+        save_overlay(args.overlay, np.asarray(source[0:height, 0:width]), drawn, foreground_classes(predictor.info))
     summary = {
         "output": str(args.output),
         "probabilities": str(probabilities) if probabilities else None,
