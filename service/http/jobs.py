@@ -1,7 +1,7 @@
 """Asynchronous segmentation jobs: an uploaded image file streamed through the tiler into a file.
 
-The HTTP task ``segment_job`` (:mod:`service.http.app`) calls :func:`segment_file`. The upload is a
-file on disk (BentoML writes the multipart part to a request temporary directory); a TIFF/BigTIFF
+The job system (:mod:`service.http.jobrunner`) calls :func:`segment_file`. The upload is a file on
+disk (spooled as it arrived, :mod:`service.http.spool`); a TIFF/BigTIFF
 is opened lazily (:func:`service.http.uploads.open_upload`) and the labels are written tile by tile
 with :meth:`training.inference.predictor.Predictor.predict_to` into a file sink of :mod:`training.io.writers`,
 so memory is bounded by the tile batch and the sink's row bands, not by the image:
@@ -22,7 +22,7 @@ from enum import Enum
 from pathlib import Path
 
 from training.mirror import ArrayLike2D
-from training.inference.predictor import Predictor
+from training.inference.predictor import Predictor, Progress
 from training.io.readers import fit_channels
 from training.io.writers import label_dtype, open_sink
 
@@ -53,8 +53,10 @@ def zip_directory(directory: Path, target: Path) -> Path:
     return target
 
 
-def segment_file(predictor: Predictor, source: ArrayLike2D, fmt: JobFormat, work: Path) -> JobResult:
-    """Segment ``source`` tile by tile into a ``fmt`` label file inside the directory ``work``.
+def segment_file(predictor: Predictor, source: ArrayLike2D, fmt: JobFormat, work: Path, progress: Progress | None = None) -> JobResult:
+    """Segment ``source`` tile by tile into a ``fmt`` label file inside the directory ``work``
+    (``progress(tiles done, total)`` after every tile batch; an exception it raises stops the job
+    there and the sink deletes its partial file).
 
     The sink has the chunking and attributes ``tessera predict`` gives the same format, so the
     arrays are identical to its output.
@@ -66,7 +68,7 @@ def segment_file(predictor: Predictor, source: ArrayLike2D, fmt: JobFormat, work
     attributes = {"classes": predictor.info.classes, "values": "class index"}
     dtype = label_dtype(predictor.num_classes)
     with open_sink(output, (height, width), dtype, (grid.step_h, grid.step_w), attributes) as labels:
-        predictor.predict_to(source, labels=labels)
+        predictor.predict_to(source, labels=labels, progress=progress)
     if fmt == JobFormat.zarr:
         return JobResult(zip_directory(output, work / "labels.zarr.zip"), "application/zip", "labels.zarr.zip", height * width)
     return JobResult(output, "image/tiff", "labels.tif", height * width)
