@@ -94,12 +94,13 @@ function fillAreas(body, unit) {
 function formatArea(area) { return Number.isInteger(area) ? area.toLocaleString() : area.toPrecision(6); }
 function escapeHtml(text) { return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`); }
 
-async function downloadFrom(extra, name) {
+async function downloadFrom(extra, name, pick) {
   clearError();
   try {
     const response = await segment(current, extra);
+    const blob = pick ? new Blob([JSON.stringify(pick(await response.json()))], { type: "application/geo+json" }) : await response.blob();
     const link = document.createElement("a");
-    link.href = keep(await response.blob());
+    link.href = keep(blob);
     link.download = name;
     document.body.appendChild(link);
     link.click();
@@ -179,7 +180,7 @@ async function runJob(file) {
 
 function pollJob(job) {
   $("job-progress").value = job.progress || 0;
-  $("job-line").textContent = `Job ${job.status.replace("_", " ")}: ${job.stage}`;
+  $("job-line").textContent = job.status === "in_progress" ? `Job running: ${job.stage}` : `Job ${job.status.replace("_", " ")}`;
   $("job-numbers").textContent = describeJob(job);
   if (job.status === "completed") {
     $("job-cancel").hidden = true;
@@ -288,7 +289,7 @@ $("show").addEventListener("change", (event) => {
 });
 $("job-cancel").addEventListener("click", cancelJob);
 $("download-probabilities").addEventListener("click", () => downloadFrom({ output: "probabilities", probability_format: "tiff" }, "probabilities.tif"));
-$("download-geojson").addEventListener("click", () => downloadFrom({ output: "json", geometry: "geojson", pixel_size: $("pixel-size").value || "1" }, "objects.geojson"));
+$("download-geojson").addEventListener("click", () => downloadFrom({ output: "json", geometry: "geojson", pixel_size: $("pixel-size").value || "1" }, "objects.geojson", (body) => body.objects));
 const zone = $("drop-zone");
 zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
 zone.addEventListener("dragleave", () => zone.classList.remove("over"));
