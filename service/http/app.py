@@ -43,8 +43,10 @@ import tifffile
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.http import job_routes, pages
+from service.http.errors import JsonNotFound, http_error
 from service.http.jobrunner import JobManager
 from service.http.jobstore import JobSettings, JobStore
 from service.http.responses import class_statistics, coco_objects, geojson_objects
@@ -74,6 +76,7 @@ app = FastAPI(
 
 app.include_router(pages.router)
 app.include_router(job_routes.router)
+app.add_exception_handler(StarletteHTTPException, http_error)
 
 pixels_segmented = bentoml.metrics.Counter(
     name="tessera_pixels_segmented",
@@ -272,6 +275,7 @@ class Tessera:
 
 
 Tessera.add_asgi_middleware(BodyLimit, max_bytes=limits_from_env().max_bytes)
+Tessera.add_asgi_middleware(JsonNotFound)
 
 #: Query options ``POST /segment`` accepts; anything else is refused with 422.
 SEGMENT_OPTIONS = ("output", "probability_format", "class_index", "geometry", "threshold", "tta", "tile", "pixel_size")
