@@ -1,4 +1,4 @@
-"""Accuracy benchmark on ISBI 2012 hold-out slices 25-29 (issue 3). Prints ONE JSON line.
+"""Accuracy benchmark on ISBI 2012 hold-out slices 25-29. Prints ONE JSON line.
 
 (a) the default recipe (``configs/isbi2012.yaml``) trained from scratch for ``--minutes`` of wall
     time, and in the same run, with the same budget, a plain segmentation-models-pytorch loop as
@@ -15,7 +15,7 @@ and augmentation keep the model busy when the ratio is near or above 1.
 
 One torch thread is how the recipe trains on this 2-core machine: its DataLoader worker gets the
 other core. With ``--threads 2`` the worker takes CPU from the model (trainer over plain loop 0.85
-against 1.00, docs/training-notes.md).
+against 1.00, docs/training.md "Accuracy benchmark").
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from training.loop.trainer import Trainer  # noqa: E402
 RECIPE = ROOT / "configs" / "isbi2012.yaml"
 #: The test-time augmentation also scored for the recipe and the shipped model (same threshold).
 TTA = "d4"
-#: The reference loop's settings (issue 3).
+#: The reference loop's settings (docs/training.md, "Accuracy benchmark").
 REF_SPEC = {"arch": "smp", "name": "Unet", "encoder": "resnet18", "in_channels": 1, "num_classes": 1}
 REF_CROP, REF_BATCH, REF_LR = 256, 8, 1e-3
 

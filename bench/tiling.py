@@ -45,7 +45,7 @@ from training.normalization import Normalization  # noqa: E402
 from training.inference.predictor import Predictor  # noqa: E402
 
 ISBI = ROOT / "training" / "assets" / "isbi2012" / "image"
-#: A valid U-Net of the size the issue measured (width 16, depth 4).
+#: A valid U-Net of the shipped model's size (width 16, depth 4).
 BENCH_UNET = {"arch": "unet", "in_channels": 1, "num_classes": 2, "depth": 4, "width": 16, "padding": "valid"}
 #: The smallest network for memory runs: RSS is then dominated by the tiler, not the model.
 RSS_UNET = {"arch": "unet", "in_channels": 1, "num_classes": 2, "depth": 1, "width": 2, "padding": "valid"}

@@ -29,9 +29,20 @@ from service.http.jobstore import (
     JobStatus,
     JobStore,
 )
-from service.http.uploads import STATUS_FOR_REASON, Limits, UploadError, open_upload, upload_error
+from service.http.uploads import (
+    STATUS_FOR_REASON,
+    Limits,
+    UploadError,
+    open_upload,
+    upload_error,
+)
 from training.inference.predictor import Predictor
-from training.io.images import TIFF_MAGIC, ImageError, pillow_orientation, tiff_orientation
+from training.io.images import (
+    TIFF_MAGIC,
+    ImageError,
+    pillow_orientation,
+    tiff_orientation,
+)
 from training.io.readers import fit_channels
 
 UPLOAD = "upload"

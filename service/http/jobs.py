@@ -3,8 +3,8 @@
 The job system (:mod:`service.http.jobrunner`) calls :func:`segment_file`. The upload is a file on
 disk (spooled as it arrived, :mod:`service.http.spool`); a TIFF/BigTIFF
 is opened lazily (:func:`service.http.uploads.open_upload`) and the labels are written tile by tile
-with :meth:`training.inference.predictor.Predictor.predict_to` into a file sink of :mod:`training.io.writers`,
-so memory is bounded by the tile batch and the sink's row bands, not by the image:
+into a file by :func:`training.inference.to_file.predict_to_file`, so memory is bounded by the tile
+batch and the sink's row bands, not by the image:
 
 * ``tiff`` -- a tiled, zlib-compressed BigTIFF of class indices (what ``tessera predict -o x.tif``
   writes);
@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from training.mirror import ArrayLike2D
 from training.inference.predictor import Predictor, Progress
-from training.io.readers import fit_channels
-from training.io.writers import label_dtype, open_sink
+from training.inference.to_file import predict_to_file
+from training.mirror import ArrayLike2D
 
 
 class JobFormat(str, Enum):
@@ -55,20 +54,12 @@ def zip_directory(directory: Path, target: Path) -> Path:
 
 def segment_file(predictor: Predictor, source: ArrayLike2D, fmt: JobFormat, work: Path, progress: Progress | None = None) -> JobResult:
     """Segment ``source`` tile by tile into a ``fmt`` label file inside the directory ``work``
-    (``progress(tiles done, total)`` after every tile batch; an exception it raises stops the job
-    there and the sink deletes its partial file).
-
-    The sink has the chunking and attributes ``tessera predict`` gives the same format, so the
-    arrays are identical to its output.
-    """
-    source = fit_channels(source, predictor.info.in_channels)
-    height, width = source.shape[:2]
-    grid = predictor.grid(height, width)
+    (:func:`training.inference.to_file.predict_to_file`, what ``tessera predict`` writes with);
+    ``progress(tiles done, total)`` after every tile batch: an exception it raises stops the job
+    there and the sink deletes its partial file."""
     output = work / ("labels.zarr" if fmt == JobFormat.zarr else "labels.tif")
-    attributes = {"classes": predictor.info.classes, "values": "class index"}
-    dtype = label_dtype(predictor.num_classes)
-    with open_sink(output, (height, width), dtype, (grid.step_h, grid.step_w), attributes) as labels:
-        predictor.predict_to(source, labels=labels, progress=progress)
+    grid = predict_to_file(predictor, source, output, progress=progress)
+    pixels = grid.height * grid.width
     if fmt == JobFormat.zarr:
-        return JobResult(zip_directory(output, work / "labels.zarr.zip"), "application/zip", "labels.zarr.zip", height * width)
-    return JobResult(output, "image/tiff", "labels.tif", height * width)
+        return JobResult(zip_directory(output, work / "labels.zarr.zip"), "application/zip", "labels.zarr.zip", pixels)
+    return JobResult(output, "image/tiff", "labels.tif", pixels)

@@ -90,7 +90,7 @@ class JobSettings:
     max_jobs: int = DEFAULT_MAX_JOBS
 
     @classmethod
-    def from_env(cls) -> "JobSettings":
+    def from_env(cls) -> JobSettings:
         """From ``TESSERA_RESULTS_DIR`` (default: ``tessera-results`` in the temporary folder),
         ``TESSERA_JOB_RETENTION`` (seconds) and ``TESSERA_MAX_JOBS``."""
         root = os.environ.get(RESULTS_DIR_ENV) or str(Path(os.environ.get("TMPDIR", "/tmp")) / "tessera-results")

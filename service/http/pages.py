@@ -42,7 +42,7 @@ router = APIRouter(include_in_schema=False)
 def index() -> HTMLResponse:
     """BentoML's Swagger UI, its tracking snippets left out, with a link to ``/ui`` on top."""
     page = BENTOML_INDEX.read_text()
-    page = re.sub(r"<!-- Google Tag Manager.*?End Google Tag Manager[^>]*-->", "", page, flags=re.S)
+    page = re.sub(r"<!-- Google Tag Manager.*?End Google Tag Manager[^>]*-->", "", page, flags=re.DOTALL)
     page = page.replace("<body>", f"<body>{BANNER}", 1)
     return HTMLResponse(page)
 

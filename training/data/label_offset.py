@@ -2,7 +2,7 @@
 turns, for training's augmentation and for test-time augmentation alike.
 
 Some masks sit a fraction of a pixel off the structures they trace (ISBI 2012: 0.6 px above and
-0.2 px left of the membranes, docs/training-notes.md "Session 5"). A model trained with that
+0.2 px left of the membranes, docs/training.md "Label offset"). A model trained with that
 offset kept (:class:`training.data.augment.OffsetDihedral`) predicts labels the same ``(dy, dx)``
 off what it sees. Conventions: offsets and shifts are ``(dy, dx)`` pixels, negative is up / left;
 a view is a horizontal flip (``hflip``), a vertical flip (``vflip``), then ``turns``

@@ -3,7 +3,7 @@ live weights.
 
 With batch 2, strong augmentation and Adam, consecutive steps move the weights in noisy directions:
 on ISBI the hold-out pixel error of successive epochs of one run wandered between 0.070 and 0.075
-(docs/training-notes.md). The average ``a <- a + (1 - d) (w - a)`` after every optimizer step keeps
+(docs/training.md, "Optimisation"). The average ``a <- a + (1 - d) (w - a)`` after every optimizer step keeps
 the direction and cancels much of the noise (Polyak averaging; timm's ``ModelEmaV3``, torch's
 ``swa_utils.get_ema_multi_avg_fn``). Early on the decay is ``min(d, (1 + step) / (10 + step))`` so
 the average does not stay anchored to the random initialisation.

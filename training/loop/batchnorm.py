@@ -8,8 +8,8 @@ over a fixed set of *un-augmented* training patches (Wu & Johnson, "Rethinking '
 BatchNorm", 2021: "precise BN"). Weights do not change; only the layers that are training
 (``module.training``) are touched, so an encoder frozen with its statistics keeps them.
 
-On session 3's shipped ISBI model, 16 patches of 572 px moved the hold-out adapted Rand error at
-thresholds 0.15-0.25 from 0.10-0.11 to 0.06-0.08 (docs/training-notes.md, "Session 4").
+On an ISBI U-Net trained without it, 16 patches of 572 px moved the hold-out adapted Rand error at
+thresholds 0.15-0.25 from 0.10-0.11 to 0.06-0.08 (docs/training.md, "BatchNorm statistics").
 
 Public API: :func:`recompute_batchnorm`.
 """
