@@ -68,8 +68,7 @@ class BodyLimit:
     A declared ``Content-Length`` over the cap is refused before any byte is read; a streamed
     (chunked) body is counted as it arrives and refused as soon as it passes the cap, after which
     the application sees a disconnect and whatever it answers is dropped. It sits in front of every
-    route because BentoML's task routes (``/segment_job/...``) store the whole body before any
-    service code runs.
+    route, so a job's upload (spooled to disk as it arrives) is capped as it streams too.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
