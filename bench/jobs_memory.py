@@ -65,7 +65,7 @@ class Sampler:
             self.peak = max(self.peak, tree_rss(self.pid))
             time.sleep(self.interval)
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self.thread.start()
         return self
 

@@ -34,8 +34,8 @@ from tests.support.paths import ISBI_SLICE  # noqa: E402
 from tests.support.server import serve  # noqa: E402
 from training.bundle import DEFAULT_BUNDLE  # noqa: E402
 from training.device import set_cpu_threads  # noqa: E402
-from training.io.images import read_image  # noqa: E402
 from training.inference.predictor import Predictor  # noqa: E402
+from training.io.images import read_image  # noqa: E402
 
 SLICES = [ISBI_SLICE.parent / f"{index}.png" for index in range(25, 30)]
 

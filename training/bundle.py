@@ -32,8 +32,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from training.inference.decision import check_threshold
+from training.errors import OptionError, TesseraError
 from training.geometry import TileGeometry
+from training.inference.decision import check_threshold
 from training.models import build_model, measure_halo
 from training.normalization import Normalization
 
@@ -46,7 +47,7 @@ SUFFIX = ".safetensors"
 BUNDLE_MODE = 0o644
 
 
-class BundleError(ValueError):
+class BundleError(TesseraError):
     """A file that is not a loadable Tessera bundle; the message names the file and the reason."""
 
 
@@ -117,7 +118,7 @@ def check_overlay_classes(value: Any, classes: int) -> list[int] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(k, int) and 0 <= k < classes for k in value):
-        raise ValueError(f"overlay_classes must be a list of class indices 0..{classes - 1}, not {value!r}")
+        raise OptionError(f"overlay_classes must be a list of class indices 0..{classes - 1}, not {value!r}")
     return value
 
 
@@ -134,7 +135,7 @@ def save_bundle(path: str | Path, model: nn.Module, info: BundleInfo) -> Path:
     """Write ``model``'s weights and ``info`` to ``path`` atomically (temporary file, rename)."""
     path = Path(path)
     if path.suffix != SUFFIX:
-        raise ValueError(f"{path}: bundle files end in {SUFFIX}")
+        raise BundleError(f"{path}: bundle files end in {SUFFIX}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {METADATA_KEY: json.dumps(info.to_dict())}

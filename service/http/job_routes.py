@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
 from fastapi import APIRouter, Depends, Request
@@ -71,6 +71,10 @@ def job_manager() -> JobManager:
     return bentoml.get_current_service().jobs
 
 
+#: The job manager, injected into every job route.
+Jobs = Annotated[JobManager, Depends(job_manager)]
+
+
 def refuse(status: int, error: str, detail: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
@@ -111,7 +115,7 @@ UPLOAD_BODY = {
               "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}},
     },
 )
-async def submit(request: Request, format: JobFormat = JobFormat.tiff, jobs: JobManager = Depends(job_manager)) -> Response:
+async def submit(request: Request, jobs: Jobs, format: JobFormat = JobFormat.tiff) -> Response:
     """Queue the uploaded image; poll ``GET /jobs/{job_id}``, then download ``GET /jobs/{job_id}/result``."""
     unknown = set(request.query_params) - {"format"}
     if unknown:
@@ -133,7 +137,7 @@ async def submit(request: Request, format: JobFormat = JobFormat.tiff, jobs: Job
 
 
 @router.get("/jobs/{job_id}", summary="A job's status and progress", response_model=JobStatusBody, responses=error_responses(404))
-def status(job_id: str, jobs: JobManager = Depends(job_manager)) -> Response:
+def status(job_id: str, jobs: Jobs) -> Response:
     try:
         return JSONResponse(status_body(jobs, jobs.store.load(job_id)))
     except KeyError:
@@ -151,7 +155,7 @@ def status(job_id: str, jobs: JobManager = Depends(job_manager)) -> Response:
         **error_responses(400, 404, 409, 413, 415, 422),
     },
 )
-def result(job_id: str, jobs: JobManager = Depends(job_manager)) -> Response:
+def result(job_id: str, jobs: Jobs) -> Response:
     """The result file, streamed from disk; a failed job answers its error."""
     try:
         record = jobs.store.load(job_id)
@@ -166,7 +170,7 @@ def result(job_id: str, jobs: JobManager = Depends(job_manager)) -> Response:
 
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a job", response_model=JobStatusBody, responses=error_responses(404))
-def cancel(job_id: str, jobs: JobManager = Depends(job_manager)) -> Response:
+def cancel(job_id: str, jobs: Jobs) -> Response:
     """Stop the job after its current tile batch and delete its partial output (a finished job is left as it is)."""
     try:
         return JSONResponse(status_body(jobs, jobs.store.request_cancel(job_id)))
@@ -175,7 +179,7 @@ def cancel(job_id: str, jobs: JobManager = Depends(job_manager)) -> Response:
 
 
 @router.delete("/jobs/{job_id}", status_code=204, summary="Cancel and delete a job", response_class=Response, responses=error_responses(404))
-def delete(job_id: str, jobs: JobManager = Depends(job_manager)) -> Response:
+def delete(job_id: str, jobs: Jobs) -> Response:
     """Cancel the job if it is queued or running, then delete it and its result."""
     try:
         jobs.delete(job_id)

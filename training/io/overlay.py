@@ -63,7 +63,7 @@ def display_gray(image: np.ndarray) -> np.ndarray:
 BACKGROUND = "background"
 
 
-def foreground_classes(info: "BundleInfo") -> list[int]:
+def foreground_classes(info: BundleInfo) -> list[int]:
     """Indices of the classes an overlay of ``info``'s model tints: its ``overlay_classes`` when
     set, else every class whose name is not ``background`` (case-insensitive)."""
     if info.overlay_classes is not None:

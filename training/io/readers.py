@@ -24,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from training.io.images import DEFAULT_MAX_PIXELS, TIFF_SUFFIXES, ImageError, match_channels, oriented, read_image, tiff_orientation
+from training.io.images import (
+    DEFAULT_MAX_PIXELS,
+    TIFF_SUFFIXES,
+    ImageError,
+    match_channels,
+    oriented,
+    read_image,
+    tiff_orientation,
+)
 from training.mirror import ArrayLike2D
 
 #: File suffixes read lazily: TIFF (:data:`training.io.images.TIFF_SUFFIXES`) and zarr.

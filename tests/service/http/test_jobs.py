@@ -26,8 +26,8 @@ import tifffile
 from service.http.jobstore import JobRecord, JobSettings, JobStatus, JobStore
 from tests.support.paths import ISBI_SLICE, ROOT
 from tests.support.server import free_port, stop_process_group, wait_ready
-from training.io.images import read_image
 from training.inference.predictor import Predictor
+from training.io.images import read_image
 
 pytestmark = pytest.mark.slow
 

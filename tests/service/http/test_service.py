@@ -25,9 +25,9 @@ from scipy import ndimage
 from service.cli import main as tessera
 from tests.support.paths import ISBI_SLICE
 from tests.support.server import SMALL_THRESHOLD, TEST_MAX_UPLOAD_BYTES
+from training.inference.predictor import Predictor
 from training.io.images import decode_image, read_image
 from training.io.overlay import foreground_classes, overlay
-from training.inference.predictor import Predictor
 from training.io.writers import encode_png, encode_probabilities
 
 MAX_UPLOAD_BYTES = TEST_MAX_UPLOAD_BYTES

@@ -17,9 +17,9 @@ from service.cli import main as tessera
 from tests.support.bundles import make_bundle
 from tests.support.images import isbi_slice
 from tests.support.paths import ISBI_SLICE
+from training.inference.predictor import Predictor
 from training.io.images import decode_image, image_orientation, read_image
 from training.io.readers import open_image
-from training.inference.predictor import Predictor
 
 #: For each orientation, the stored grid a camera writes for a picture ``p`` (the inverse of what
 #: a viewer applies), spelled out with numpy.
