@@ -106,6 +106,17 @@ def test_overlay_and_areas_equal_the_api(browser, shipped_url: str) -> None:
     page.close()
 
 
+def test_the_api_reference_links_to_the_page(browser, shipped_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{shipped_url}/")
+    page.wait_for_selector("#swagger-ui .opblock", timeout=60_000)  # BentoML's Swagger UI, served locally
+    shot(page, "api-reference.png")
+    page.click("a[href='/ui']")
+    page.wait_for_function("document.body.dataset.state === 'ready'", timeout=30_000)
+    assert page.url.endswith("/ui")
+    page.close()
+
+
 def test_phone_width_has_no_horizontal_scroll(browser, shipped_url: str) -> None:
     page = page_at(browser, f"{shipped_url}/ui", width=390, height=844)
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
