@@ -3,7 +3,7 @@
 For each size N, an N x N tiled TIFF (ISBI slices repeated) is submitted to ``POST /jobs``, polled
 and its result streamed to a file; the server's RSS (its whole process tree) is sampled every
 0.2 s from the upload to the end of the download. Prints one JSON line per size: the idle RSS
-(after a warm-up request), the peak over idle, the job's seconds and pixels per second, and
+(after a warm-up request), the RSS just before the job, the peak over both, the job's seconds and pixels per second, and
 whether the result equals ``tessera predict`` on the same file byte for byte (for sizes up to
 ``--reference-max``: the reference costs as long again).
 
@@ -135,6 +135,7 @@ def main() -> None:
                 image = work / f"{size}.tif"
                 write_tiff(image, size)
                 result = work / f"{size}-job.tif"
+                before = tree_rss(pid)
                 started = time.perf_counter()
                 with Sampler(pid) as sampler:
                     job = run_job(url, image, result)
@@ -150,7 +151,9 @@ def main() -> None:
                     "bench": "job_memory", "size": size, "upload_mb": round(image.stat().st_size / 2**20, 1),
                     "status": job["status"], "tiles": job["tiles_total"], "seconds": round(seconds, 1),
                     "pixels_per_second": round(job["pixels_per_second"] or 0), "idle_rss_mb": round(idle / 2**20, 1),
-                    "peak_rss_mb": round(sampler.peak / 2**20, 1), "growth_mb": round((sampler.peak - idle) / 2**20, 1),
+                    "rss_before_mb": round(before / 2**20, 1), "peak_rss_mb": round(sampler.peak / 2**20, 1),
+                    "growth_mb": round((sampler.peak - idle) / 2**20, 1), "growth_over_before_mb": round((sampler.peak - before) / 2**20, 1),
+                    "malloc_arena_max": env.get("MALLOC_ARENA_MAX"),
                     "equal_to_tessera_predict": equal,
                 }), flush=True)
                 image.unlink()
