@@ -21,7 +21,7 @@ FROM ${PYTHON_IMAGE} AS requirements
 WORKDIR /build
 COPY pyproject.toml scripts/pinned-requirements ./
 RUN python pinned-requirements pyproject.toml --only torch torchvision numpy pillow > torch.txt \
-    && python pinned-requirements pyproject.toml --extra docker > requirements.txt
+    && python pinned-requirements pyproject.toml --extra docker --extra export > requirements.txt
 
 # ---- the image -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -44,7 +44,7 @@ RUN python -m venv /opt/venv
 COPY --from=requirements /build/torch.txt /tmp/requirements/torch.txt
 RUN pip install --no-cache-dir -r /tmp/requirements/torch.txt
 
-# Every other pinned dependency (torch is already satisfied), plus the docker extra (dumb-init).
+# Every other pinned dependency (torch is already satisfied), plus the docker extra (dumb-init) and the export extra (ONNX Runtime: `tessera serve model.onnx`).
 COPY --from=requirements /build/requirements.txt /tmp/requirements/requirements.txt
 RUN pip install --no-cache-dir -r /tmp/requirements/requirements.txt
 

@@ -39,6 +39,7 @@ COMMANDS = {
     "predict": ("predict", "segment an image of any size (exact tiled inference)"),
     "batch": ("batch", "segment a folder of images or one gigapixel image (resumable, Dask)"),
     "serve": ("serve", "serve a model over HTTP (BentoML)"),
+    "export": ("export", "export a bundle to ONNX, torch.export (.pt2) or a Triton model repository"),
 }
 
 EPILOG = """\

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ FORMAT = "tessera-bundle"
 VERSION = 1
 METADATA_KEY = "tessera"
 SUFFIX = ".safetensors"
+#: Suffixes of exported models :func:`load_bundle` also reads (:mod:`training.inference.backends`).
+EXPORT_SUFFIXES = (".onnx", ".pt2")
 #: Bundles are readable by everyone (mkstemp makes 0600 files): a model mounted into a container
 #: that runs under another uid must still load.
 BUNDLE_MODE = 0o644
@@ -93,7 +96,7 @@ class BundleInfo:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BundleInfo":
+    def from_dict(cls, data: dict[str, Any]) -> BundleInfo:
         geometry = data.get("geometry")
         classes = list(data["classes"])
         return cls(
@@ -136,13 +139,23 @@ def save_bundle(path: str | Path, model: nn.Module, info: BundleInfo) -> Path:
     path = Path(path)
     if path.suffix != SUFFIX:
         raise BundleError(f"{path}: bundle files end in {SUFFIX}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "exported", False):
+        raise BundleError(f"{path}: an exported model (ONNX, .pt2) cannot be saved as a bundle; "
+                          "use the bundle it was exported from")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {METADATA_KEY: json.dumps(info.to_dict())}
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    return write_atomically(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+
+
+def write_atomically(path: Path, write: Callable[[str], None], suffix: str = ".tmp") -> Path:
+    """Call ``write(temporary)`` for a temporary file beside ``path`` (its name ends in
+    ``suffix``), make it readable by everyone (:data:`BUNDLE_MODE`) and rename it to ``path``:
+    readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(handle)
     try:
-        save_file(tensors, temporary, metadata=metadata)
+        write(temporary)
         os.chmod(temporary, BUNDLE_MODE)
         os.replace(temporary, path)
     finally:
@@ -152,13 +165,26 @@ def save_bundle(path: str | Path, model: nn.Module, info: BundleInfo) -> Path:
 
 
 def read_bundle_info(path: str | Path) -> BundleInfo:
-    """Read only the metadata of a bundle (fast: the header, not the weights)."""
-    return _read(Path(path), with_tensors=False)[0]
+    """Read only the metadata of a bundle (fast: the header, not the weights), or of an exported
+    model (``.onnx``, ``.pt2``: :mod:`training.export`)."""
+    path = Path(path)
+    if path.suffix in EXPORT_SUFFIXES:
+        from training.inference.backends import read_exported_info  # noqa: PLC0415  the backends import this module
+
+        return read_exported_info(path)
+    return _read(path, with_tensors=False)[0]
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
-    """Load a bundle: rebuild its network from the spec, load the weights, switch to eval mode."""
+    """Load a bundle: rebuild its network from the spec, load the weights, switch to eval mode.
+
+    An exported model (``.onnx``: ONNX Runtime; ``.pt2``: a ``torch.export`` program) loads as a
+    bundle whose model runs the exported graph (:mod:`training.inference.backends`)."""
     path = Path(path)
+    if path.suffix in EXPORT_SUFFIXES:
+        from training.inference.backends import load_exported  # noqa: PLC0415  the backends import this module
+
+        return load_exported(path, device)
     info, tensors = _read(path, with_tensors=True)
     try:
         model = build_model(info.spec)
