@@ -48,11 +48,11 @@ EXCLUDED_CHECKS = {"positive_data_acceptance": "schema-valid bytes are not an im
 CLI_EXAMPLES = 60
 
 
-def test_openapi_conformance_with_every_check(service_url: str) -> None:
+def test_openapi_conformance_with_every_check(service_url: str, tmp_path: Path) -> None:
     st = Path(sys.executable).with_name("st")
     command = [str(st), "run", f"{service_url}/docs.json", "--checks", "all", "--exclude-checks", ",".join(EXCLUDED_CHECKS),
                "-n", str(CLI_EXAMPLES), "--workers", "1", "--seed", "1", "--no-color", "--max-response-time", "60"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache stays there
     report = run.stdout + run.stderr
     generated = re.search(r"(\d+) generated, (\d+) passed", report)
     assert run.returncode == 0 and generated, report[-4000:]
