@@ -4,10 +4,13 @@ loopback for a bounded time and request count. Prints ONE JSON line:
 ``errors``, ``requests``, ``p50_s`` / ``p95_s`` latency, ``throughput_rps``, ``in_process_rps`` (the
 predictor on the same images in this process, before the server starts, same thread count),
 ``http_vs_in_process`` (target >= 0.85), ``rss_start_mb`` / ``rss_end_mb`` of the server's process
-tree after warm-up and at the end, and ``rss_drift`` (target < 0.10).
+tree after warm-up and at the end, ``rss_drift`` (target < 0.10), and for a soak the RSS every
+minute (``rss_by_minute_mb``) and its growth from minute 1 to the end (``rss_growth_after_1min``,
+target < 0.05 over 10 minutes).
 
     .venv/bin/python bench/load.py                       # shipped model, 8 clients, 60 s
     .venv/bin/python bench/load.py --bundle m.safetensors --seconds 20
+    .venv/bin/python bench/load.py --seconds 600               # a 10-minute soak
 """
 
 from __future__ import annotations
@@ -111,8 +114,19 @@ def main() -> None:
             httpx.post(f"{url}/segment", content=path.read_bytes(), headers={"content-type": "image/png"}, timeout=600)
         rss_start = tree_rss(pid)
         started = time.perf_counter()
+        minutes: list[float] = []
+        done = threading.Event()
+
+        def sample() -> None:  # the RSS at every whole minute of the run
+            while not done.wait(60.0):
+                minutes.append(round(tree_rss(pid) / 2**20, 1))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         latencies, errors = run_clients(url, args.clients, args.seconds, args.max_requests)
         wall = time.perf_counter() - started
+        done.set()
+        sampler.join()
         rss_end = tree_rss(pid)
     throughput = len(latencies) / wall
     print(json.dumps({
@@ -130,6 +144,9 @@ def main() -> None:
         "rss_start_mb": round(rss_start / 2**20, 1),
         "rss_end_mb": round(rss_end / 2**20, 1),
         "rss_drift": round(rss_end / rss_start - 1, 4),
+        "rss_by_minute_mb": minutes,
+        "rss_growth_after_1min": round(rss_end / 2**20 / minutes[0] - 1, 4) if minutes else None,
+        "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
     }))
 
 

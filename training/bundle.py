@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from training.errors import TesseraError
+from training.errors import OptionError, TesseraError
 from training.geometry import TileGeometry
 from training.inference.decision import check_threshold
 from training.models import build_model, measure_halo
@@ -73,6 +73,9 @@ class BundleInfo:
     #: The threshold calibrated again with test-time augmentation, by mode (``flips``, ``d4``):
     #: averaging views changes the probabilities, so the best threshold may move. Empty: none.
     tta_thresholds: dict[str, float] = field(default_factory=dict)
+    #: Classes an overlay tints (what a person looks for: the membranes of an EM model); None:
+    #: every class not named ``background`` (see :func:`training.io.overlay.foreground_classes`).
+    overlay_classes: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +90,7 @@ class BundleInfo:
             "tile": self.tile,
             "threshold": self.threshold,
             "tta_thresholds": self.tta_thresholds,
+            "overlay_classes": self.overlay_classes,
             "provenance": self.provenance,
             "metrics": self.metrics,
         }
@@ -108,7 +112,17 @@ class BundleInfo:
             threshold=check_threshold(data.get("threshold"), len(classes)),
             tta_thresholds={str(mode): check_threshold(value, len(classes))
                             for mode, value in (data.get("tta_thresholds") or {}).items()},
+            overlay_classes=check_overlay_classes(data.get("overlay_classes"), len(classes)),
         )
+
+
+def check_overlay_classes(value: Any, classes: int) -> list[int] | None:
+    """``overlay_classes`` as a list of class indices below ``classes`` (None stays None)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(k, int) and 0 <= k < classes for k in value):
+        raise OptionError(f"overlay_classes must be a list of class indices 0..{classes - 1}, not {value!r}")
+    return value
 
 
 @dataclass

@@ -48,7 +48,7 @@ from service.batch.scheduler import PredictorSpec, predictor_for
 from training.bundle import file_sha256
 from training.errors import OptionError, TesseraError
 from training.io.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError
-from training.io.overlay import overlay
+from training.io.overlay import foreground_classes, overlay
 from training.io.readers import open_image
 from training.io.writers import encode_png, encode_probabilities
 
@@ -219,7 +219,7 @@ def segment_file(item: FolderItem, spec: PredictorSpec, options: FolderOptions, 
         prediction = predictor.predict(pixels, probabilities=options.probabilities)
         encoded = {"labels": encode_png(prediction.labels)}
         if options.overlay:
-            encoded["overlay"] = encode_png(overlay(pixels, prediction.labels))
+            encoded["overlay"] = encode_png(overlay(pixels, prediction.labels, foreground_classes(predictor.info)))
         if options.probabilities:
             encoded["probabilities"] = encode_tiff(encode_probabilities(prediction.probabilities, np.uint8))
         record["outputs"] = {

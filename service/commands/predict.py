@@ -23,7 +23,7 @@ from training.errors import OptionError
 from training.inference.predictor import Predictor
 from training.inference.to_file import predict_to_file
 from training.io.images import DEFAULT_MAX_PIXELS
-from training.io.overlay import save_overlay
+from training.io.overlay import foreground_classes, save_overlay
 from training.io.readers import fit_channels, open_image
 from training.io.slides import is_slide_path
 from training.io.writers import (
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             progress=callback,
         )
     if drawn is not None:
-        save_overlay(args.overlay, np.asarray(source[0:height, 0:width]), drawn)
+        save_overlay(args.overlay, np.asarray(source[0:height, 0:width]), drawn, foreground_classes(predictor.info))
     summary = {
         "output": str(args.output),
         "probabilities": str(probabilities) if probabilities else None,

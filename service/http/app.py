@@ -11,14 +11,19 @@ Routes (OpenAPI at ``/docs.json``, Swagger UI at ``/``):
 * ``POST /segment`` -- an image as multipart file (part ``image``) or a raw body with its content
   type; returns the label PNG, or an overlay PNG, probabilities, or JSON (see :class:`Output`).
 * ``GET /model`` -- the bundle's metadata.
-* ``POST /segment_job/submit``, ``GET /segment_job/status``, ``GET /segment_job/get`` -- the same
-  segmentation as an asynchronous BentoML task for huge images, streamed through the tiler; the
-  result is a tiled BigTIFF of labels or a zipped zarr v3 store (form field ``format``).
+* ``POST /jobs``, ``GET /jobs/{id}``, ``GET /jobs/{id}/result``, ``POST /jobs/{id}/cancel``,
+  ``DELETE /jobs/{id}`` -- the same segmentation as a job for huge images: the upload spooled to
+  disk, streamed through the tiler into a tiled BigTIFF of labels or a zipped zarr v3 store in the
+  results folder, with progress and cancel (:mod:`service.http.job_routes`).
+* ``GET /ui`` -- a page to segment an image in the browser; ``GET /`` -- the API reference with a
+  link to it (:mod:`service.http.pages`).
 * ``/livez``, ``/readyz`` (ready once the model is loaded), ``/metrics`` (Prometheus, with
   ``tessera_pixels_segmented_total``) -- from BentoML.
 
-Every refused request gets a 4xx with a JSON body ``{"error": ..., "detail": ...}`` (task
-routes: BentoML's ``{"error": ...}``). Request bodies are capped by :class:`service.http.uploads.BodyLimit`.
+Every refused request gets a 4xx with a JSON body ``{"error": ..., "detail": ...}``. Request
+bodies are capped by :class:`service.http.uploads.BodyLimit`. An image's EXIF/TIFF orientation is
+applied before segmentation; the response's ``X-Tessera-Orientation`` header (and the JSON
+output's ``orientation``) says which orientation tag the upload had (1: none).
 """
 
 from __future__ import annotations
@@ -27,31 +32,31 @@ import asyncio
 import io
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
-from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
 import bentoml
 import numpy as np
 import tifffile
-from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.http.data_root import data_root, resolve_data_path
-from service.http.jobs import JobFormat, segment_file, segment_slide_file
+from service.http import job_routes, pages
+from service.http.errors import JsonNotFound, http_error
+from service.http.jobrunner import JobManager
+from service.http.jobstore import JobSettings, JobStore
 from service.http.responses import class_statistics, coco_objects, geojson_objects
 from service.http.uploads import (
-    STATUS_FOR_REASON,
+    MAX_BYTES_ENV,
+    MAX_PIXELS_ENV,
     BodyLimit,
     Limits,
     UploadError,
     decode_upload,
-    open_upload,
     read_upload,
 )
 from training.bundle import DEFAULT_BUNDLE, BundleInfo, load_bundle
@@ -59,15 +64,12 @@ from training.device import set_cpu_threads
 from training.errors import TesseraError
 from training.inference.options import InferenceOptions
 from training.inference.predictor import Predictor
-from training.io.images import ImageError, match_channels
-from training.io.overlay import overlay
-from training.io.slides import ResolutionError
+from training.io.images import ImageError, image_orientation, match_channels
+from training.io.overlay import foreground_classes, overlay
 from training.io.writers import encode_png, encode_probabilities
 
 #: Environment variables the service reads (documented in the README).
 BUNDLE_ENV = "TESSERA_BUNDLE"
-MAX_BYTES_ENV = "TESSERA_MAX_UPLOAD_BYTES"
-MAX_PIXELS_ENV = "TESSERA_MAX_PIXELS"
 WORKERS_ENV = "TESSERA_WORKERS"
 #: The server's inference options as JSON (``tessera serve --tile ... --tta ...``); requests
 #: replace the tile, TTA and threshold with their query options.
@@ -83,6 +85,10 @@ app = FastAPI(
     redoc_url=None,
     openapi_url=None,
 )
+
+app.include_router(pages.router)
+app.include_router(job_routes.router)
+app.add_exception_handler(StarletteHTTPException, http_error)
 
 pixels_segmented = bentoml.metrics.Counter(
     name="tessera_pixels_segmented",
@@ -167,6 +173,14 @@ class Tessera:
         # core), and PyTorch's buffers stay in one malloc arena instead of one per pool thread.
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-model")
         self.predictor(self.options)
+        # Jobs run on their own thread with their own predictor (the model is shared), so a long
+        # job leaves POST /segment answering; the results folder is their only state.
+        store = JobStore(JobSettings.from_env())
+        store.recover()
+        self.jobs = JobManager(
+            store, lambda: Predictor(self.bundle, self.options), self.limits, self.info.in_channels,
+            on_pixels=lambda count: pixels_segmented.labels(endpoint="jobs").inc(count),
+        )
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -213,6 +227,7 @@ class Tessera:
             415: {"description": "not an image type Tessera reads"},
             422: {"description": "invalid option, shape or channel count"},
         },
+        openapi_extra=job_routes.UPLOAD_BODY,
     )
     async def segment(
         self,
@@ -237,14 +252,17 @@ class Tessera:
             self.check_options(output, class_index, threshold)
             data = await read_upload(request)
             pixels = decode_upload(data, self.limits)
+            orientation = image_orientation(data)
             options = self.request_options(tile, tta, threshold)
             pixels, prediction = await asyncio.get_running_loop().run_in_executor(
                 self.model_thread, self.segment_pixels, pixels, options, output == Output.probabilities, "segment"
             )
         except UploadError as error:
             return error_response(error.status, error.error, error.detail)
-        return self.render(output, pixels, prediction.labels, prediction.probabilities, probability_format, class_index,
-                           geometry, pixel_size)
+        response = self.render(output, pixels, prediction.labels, prediction.probabilities, probability_format, class_index,
+                               geometry, pixel_size, orientation)
+        response.headers["X-Tessera-Orientation"] = str(orientation)
+        return response
 
     @app.get("/model", summary="The served model's metadata")
     def model(self) -> dict:
@@ -259,17 +277,18 @@ class Tessera:
         if class_index is not None and class_index >= classes:
             raise UploadError(422, "invalid_option", f"class_index {class_index}: the model has classes 0..{classes - 1}")
 
-    def render(self, output, pixels, labels, probabilities, probability_format, class_index, geometry, pixel_size) -> Response:
+    def render(self, output, pixels, labels, probabilities, probability_format, class_index, geometry, pixel_size, orientation) -> Response:
         classes = self.info.classes
         if output == Output.mask:
             return Response(encode_png(labels), media_type="image/png")
         if output == Output.overlay:
-            return Response(encode_png(overlay(pixels, labels)), media_type="image/png")
+            return Response(encode_png(overlay(pixels, labels, foreground_classes(self.info))), media_type="image/png")
         if output == Output.probabilities:
             quantised = encode_probabilities(probabilities, np.uint8)
             return probability_response(quantised, probability_format, class_index)
         body: dict = {
             "size": list(labels.shape),
+            "orientation": orientation,
             "classes": class_statistics(labels, classes, pixel_size),
         }
         include = [k for k in range(len(classes)) if k != 0]
@@ -279,47 +298,9 @@ class Tessera:
             body["objects"] = coco_objects(labels, classes, include)
         return Response(json.dumps(body), media_type="application/json")
 
-    # ------------------------------------------------------------------ asynchronous jobs
-    @bentoml.task(route="/segment_job")
-    # ``image: Path = None``, not ``Path | None``: BentoML reads a multipart file only into a field typed Path itself.
-    def segment_job(self, image: Path = None, format: JobFormat = JobFormat.tiff, path: str | None = None) -> bytes:  # noqa: RUF013
-        """Segment a huge image asynchronously, streamed through the tiler into a label file.
-
-        Submit with ``POST /segment_job/submit`` (multipart part ``image``, optional field
-        ``format``: ``tiff`` for a tiled BigTIFF, ``zarr`` for a zipped zarr v3 store), poll
-        ``GET /segment_job/status?task_id=...``, download ``GET /segment_job/get?task_id=...``.
-        Instead of ``image``, field ``path`` names a whole-slide image relative to
-        ``TESSERA_DATA_ROOT`` (off unless set; :mod:`service.http.data_root` lists the refusals).
-        A TIFF upload is read window by window and the labels are written tile by tile, so memory
-        is bounded by the tile batch, not the image. The file is answered as bytes: BentoML 1.4.39
-        cannot store a file result of a task under Starlette 1.x (its FileResponse needs a request
-        method the task store does not give), and it keeps every result in its task database anyway.
-        """
-        try:
-            if (image is None) == (path is None):
-                raise UploadError(422, "invalid_option", "give either an image upload or a path, not both or neither")
-            with tempfile.TemporaryDirectory(prefix="tessera-job-") as work:
-                predictor = self.model_thread.submit(self.predictor, self.options).result()
-                if path is not None:
-                    slide = resolve_data_path(path, data_root())
-                    job = (segment_slide_file, predictor, slide, JobFormat(format), Path(work))
-                else:
-                    job = (segment_file, predictor, open_upload(Path(image), self.limits), JobFormat(format), Path(work))
-                result = self.model_thread.submit(*job).result()
-                body = result.path.read_bytes()
-        except UploadError as error:  # BentoML answers {"error": message} with this status
-            raise BentoMLException(f"{error.error}: {error.detail}", error_code=HTTPStatus(error.status)) from None
-        except ImageError as error:
-            status = HTTPStatus(STATUS_FOR_REASON[error.reason])
-            raise BentoMLException(f"{error.reason}: {error}", error_code=status) from None
-        except ResolutionError as error:  # a slide the model's resolution cannot be read at
-            raise BentoMLException(f"resolution: {error}", error_code=HTTPStatus(422)) from None
-        pixels_segmented.labels(endpoint="segment_job").inc(result.pixels)
-        headers = {"content-disposition": f'attachment; filename="{result.filename}"'}
-        return Response(body, media_type=result.media_type, headers=headers)
-
 
 Tessera.add_asgi_middleware(BodyLimit, max_bytes=limits_from_env().max_bytes)
+Tessera.add_asgi_middleware(JsonNotFound)
 
 #: Query options ``POST /segment`` accepts; anything else is refused with 422.
 SEGMENT_OPTIONS = ("output", "probability_format", "class_index", "geometry", "threshold", "tta", "tile", "pixel_size")

@@ -9,8 +9,6 @@ relative to it. Off unless set. Refused, each with a 4xx naming the reason:
 * ``outside_root`` (422): the path resolves outside the root (a symlink leaving it);
 * ``not_found`` (404): no such file under the root;
 * ``not_a_slide`` (415): the file is not a whole-slide image (by name, or a TIFF without a pyramid).
-
-(Not 403: BentoML's task routes answer a 403 as a bare "Authorization error", dropping the reason.)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Asynchronous segmentation jobs: an uploaded image file streamed through the tiler into a file.
 
-The HTTP task ``segment_job`` (:mod:`service.http.app`) calls :func:`segment_file`. The upload is a
-file on disk (BentoML writes the multipart part to a request temporary directory); a TIFF/BigTIFF
+The job system (:mod:`service.http.jobrunner`) calls :func:`segment_file`. The upload is a file on
+disk (spooled as it arrived, :mod:`service.http.spool`); a TIFF/BigTIFF
 is opened lazily (:func:`service.http.uploads.open_upload`) and the labels are written tile by tile
 into a file by :func:`training.inference.to_file.predict_to_file`, so memory is bounded by the tile
 batch and the sink's row bands, not by the image:
@@ -17,11 +17,13 @@ batch and the sink's row bands, not by the image:
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from training.inference.predictor import Predictor
+from training.inference.predictor import Predictor, Progress
+from training.inference.slide import prepare_slide
 from training.inference.to_file import predict_to_file
 from training.mirror import ArrayLike2D
 
@@ -52,28 +54,32 @@ def zip_directory(directory: Path, target: Path) -> Path:
     return target
 
 
-def segment_file(predictor: Predictor, source: ArrayLike2D, fmt: JobFormat, work: Path) -> JobResult:
+def segment_file(predictor: Predictor, source: ArrayLike2D, fmt: JobFormat, work: Path, progress: Progress | None = None) -> JobResult:
     """Segment ``source`` tile by tile into a ``fmt`` label file inside the directory ``work``
-    (:func:`training.inference.to_file.predict_to_file`, what ``tessera predict`` writes with)."""
+    (:func:`training.inference.to_file.predict_to_file`, what ``tessera predict`` writes with);
+    ``progress(tiles done, total)`` after every tile batch: an exception it raises stops the job
+    there and the sink deletes its partial file."""
     output = work / ("labels.zarr" if fmt == JobFormat.zarr else "labels.tif")
-    grid = predict_to_file(predictor, source, output)
+    grid = predict_to_file(predictor, source, output, progress=progress)
     pixels = grid.height * grid.width
     if fmt == JobFormat.zarr:
         return JobResult(zip_directory(output, work / "labels.zarr.zip"), "application/zip", "labels.zarr.zip", pixels)
     return JobResult(output, "image/tiff", "labels.tif", pixels)
 
 
-def segment_slide_file(predictor: Predictor, slide: Path, fmt: JobFormat, work: Path) -> JobResult:
+def segment_slide_file(predictor: Predictor, slide: Path, fmt: JobFormat, work: Path, progress: Progress | None = None,
+                       started: Callable[[tuple[int, int]], None] | None = None) -> JobResult:
     """Segment a whole-slide image like :func:`segment_file`: at the bundle's ``data.mpp`` (else
-    level 0), tiles without tissue skipped when the model has a class named ``background``."""
-    from training.inference.slide import prepare_slide
-
+    level 0), tiles without tissue skipped when the model has a class named ``background``;
+    ``started(size)`` once the resolution is chosen, before the first tile."""
     tissue = "auto" if "background" in predictor.info.classes else "none"
     job = prepare_slide(slide, predictor.info, tissue=tissue)
     try:
+        if started is not None:
+            started(tuple(job.source.shape[:2]))
         output = work / ("labels.zarr" if fmt == JobFormat.zarr else "labels.tif")
         grid = predict_to_file(predictor, job.source, output, attributes={"source": slide.name, **job.attributes()},
-                               stats=job.stats(predictor.info.normalization), skip=job.skip)
+                               stats=job.stats(predictor.info.normalization), skip=job.skip, progress=progress)
     finally:
         job.close()
     pixels = grid.height * grid.width

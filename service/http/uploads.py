@@ -39,6 +39,10 @@ STATUS_FOR_REASON = {
     "channels": 422,
 }
 
+#: The environment variables that raise the limits; every 413 names the one that applies.
+MAX_BYTES_ENV = "TESSERA_MAX_UPLOAD_BYTES"
+MAX_PIXELS_ENV = "TESSERA_MAX_PIXELS"
+
 #: Content types accepted as a raw image body.
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp", "application/octet-stream")
 
@@ -65,8 +69,7 @@ class BodyLimit:
     A declared ``Content-Length`` over the cap is refused before any byte is read; a streamed
     (chunked) body is counted as it arrives and refused as soon as it passes the cap, after which
     the application sees a disconnect and whatever it answers is dropped. It sits in front of every
-    route because BentoML's task routes (``/segment_job/...``) store the whole body before any
-    service code runs.
+    route, so a job's upload (spooled to disk as it arrives) is capped as it streams too.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -79,7 +82,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self.refuse(send, f"request body of {int(declared):,} bytes is over the limit of {self.max_bytes:,}")
+            await self.refuse(send, f"request body of {int(declared):,} bytes is over the limit of {self.max_bytes:,} ({MAX_BYTES_ENV} raises it)")
             return
         received, refused = 0, False
 
@@ -90,7 +93,7 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     refused = True
-                    await self.refuse(send, f"request body is over the limit of {self.max_bytes:,} bytes")
+                    await self.refuse(send, f"request body is over the limit of {self.max_bytes:,} bytes ({MAX_BYTES_ENV} raises it)")
                     return {"type": "http.disconnect"}
             return message
 
@@ -179,12 +182,20 @@ async def read_upload(request: Request) -> bytes:
     )
 
 
+def upload_error(error: ImageError, detail: str | None = None) -> UploadError:
+    """The HTTP refusal for an image problem; over the pixel limit it names ``TESSERA_MAX_PIXELS``."""
+    detail = detail or str(error)
+    if error.reason == "too_large":
+        detail += f" ({MAX_PIXELS_ENV} raises it)"
+    return UploadError(STATUS_FOR_REASON[error.reason], error.reason, detail)
+
+
 def decode_upload(data: bytes, limits: Limits):
     """Pixels of an uploaded image (see :func:`training.io.images.decode_image`), or an UploadError."""
     try:
         return decode_image(data, max_pixels=limits.max_pixels)
     except ImageError as error:
-        raise UploadError(STATUS_FOR_REASON[error.reason], error.reason, str(error)) from None
+        raise upload_error(error) from None
 
 
 def open_upload(path: Path, limits: Limits) -> ArrayLike2D:
@@ -202,5 +213,4 @@ def open_upload(path: Path, limits: Limits) -> ArrayLike2D:
     try:
         return open_image(named, max_pixels=limits.max_pixels)
     except ImageError as error:
-        detail = str(error).replace(str(named), "upload")
-        raise UploadError(STATUS_FOR_REASON[error.reason], error.reason, detail) from None
+        raise upload_error(error, str(error).replace(str(named), "upload")) from None

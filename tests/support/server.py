@@ -48,6 +48,7 @@ def serve(bundle: Path, home: Path, extra_env: dict[str, str] | None = None, wor
         "CUDA_VISIBLE_DEVICES": "",
         "BENTOML_HOME": str(home),
         "BENTOML_DO_NOT_TRACK": "True",
+        "TESSERA_RESULTS_DIR": str(home / "results"),
         **(extra_env or {}),
     }
     command = [sys.executable, "-m", "service.cli", "serve", str(bundle), "--port", str(port), "--workers", str(workers)]

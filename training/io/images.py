@@ -8,6 +8,11 @@ it is (the HTTP service maps reasons to status codes).
 
 Size limits are checked on the header, *before* pixels are decoded, so a decompression bomb (a
 tiny PNG claiming 100000 x 100000 pixels) costs nothing.
+
+The EXIF / TIFF orientation tag (274; values 2-8: mirrored and rotated grids, as phone cameras
+store them) is applied after decoding, so pixels come out on the grid every image viewer shows and
+a mask computed from them lines up with the picture. :func:`image_orientation` tells which tag a
+file had; :class:`Oriented` applies a tag to a lazy source window by window.
 """
 
 from __future__ import annotations
@@ -37,6 +42,20 @@ Reason = Literal["empty", "unsupported", "corrupt", "too_large", "shape", "chann
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: The TIFF/EXIF tag holding the orientation, and each value as (transpose, flip rows, flip
+#: columns) applied to the stored grid in that order: 2 mirrored, 3 rotated 180 degrees, 4 flipped,
+#: 5 transposed, 6 rotated 90 degrees clockwise, 7 transversed, 8 rotated 90 degrees anticlockwise.
+ORIENTATION_TAG = 274
+ORIENTATIONS = {
+    1: (False, False, False),
+    2: (False, False, True),
+    3: (False, True, True),
+    4: (False, True, False),
+    5: (True, False, False),
+    6: (True, False, True),
+    7: (True, True, True),
+    8: (True, True, False),
+}
 
 # Pillow's own bomb check would raise before ours with a less useful message; we check the header.
 Image.MAX_IMAGE_PIXELS = None
@@ -99,13 +118,14 @@ def _decode_tiff(data: bytes, max_pixels: int) -> np.ndarray:
             shape = page.shape
             _check_size(shape[0], shape[1] if len(shape) > 1 else 0, max_pixels)
             pixels = page.asarray()
+            orientation = tiff_orientation(page)
     except ImageError:
         raise
     except Exception as error:  # tifffile raises many types for broken files
         raise ImageError(f"TIFF cannot be decoded ({error})", "corrupt") from None
     if pixels.ndim == 3 and pixels.shape[0] <= 4 < pixels.shape[-1]:
         pixels = np.moveaxis(pixels, 0, -1)
-    return _normalise_dtype(pixels)
+    return _normalise_dtype(orient(pixels, orientation))
 
 
 def _decode_pillow(data: bytes, max_pixels: int) -> np.ndarray:
@@ -125,7 +145,7 @@ def _decode_pillow(data: bytes, max_pixels: int) -> np.ndarray:
         image.load()
     except Exception as error:  # truncated or corrupt data
         raise ImageError(f"image data is truncated or corrupt ({error})", "corrupt") from None
-    return _from_pillow(image)
+    return orient(_from_pillow(image), pillow_orientation(image))
 
 
 def _from_pillow(image: Image.Image) -> np.ndarray:
@@ -164,6 +184,73 @@ def _normalise_dtype(pixels: np.ndarray) -> np.ndarray:
     if np.issubdtype(pixels.dtype, np.integer) or np.issubdtype(pixels.dtype, np.floating):
         return pixels.astype(np.float32)
     raise ImageError(f"pixel type {pixels.dtype} is not supported", "unsupported")
+
+
+def pillow_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an opened Pillow image (JPEG, PNG, WebP, TIFF), 1 when absent or invalid."""
+    try:
+        value = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # a broken EXIF block is ignored, as viewers do
+        return 1
+    return value if value in ORIENTATIONS else 1
+
+
+def tiff_orientation(page) -> int:
+    """The orientation tag of a tifffile page, 1 when absent or invalid."""
+    tag = page.tags.get(ORIENTATION_TAG)
+    value = int(tag.value) if tag is not None and isinstance(tag.value, int) else 1
+    return value if value in ORIENTATIONS else 1
+
+
+def image_orientation(data: bytes) -> int:
+    """The orientation tag (1-8) of encoded image bytes, read from the header only; 1 if none."""
+    try:
+        if data[:4] in TIFF_MAGIC:
+            with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+                return tiff_orientation(tiff.pages[0])
+        with Image.open(io.BytesIO(data)) as image:
+            return pillow_orientation(image)
+    except Exception:  # undecodable bytes have no orientation; decoding reports the problem
+        return 1
+
+
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """``pixels`` (stored grid, ``(H, W)`` or ``(H, W, C)``) on the grid a viewer shows for ``orientation``."""
+    transpose, flip_rows, flip_cols = ORIENTATIONS.get(orientation, ORIENTATIONS[1])
+    if transpose:
+        pixels = pixels.swapaxes(0, 1)
+    if flip_rows:
+        pixels = pixels[::-1]
+    if flip_cols:
+        pixels = pixels[:, ::-1]
+    return np.ascontiguousarray(pixels) if orientation != 1 else pixels
+
+
+class Oriented:
+    """A lazy source (stored grid) presented on its oriented grid, reading only the windows asked for."""
+
+    def __init__(self, source, orientation: int) -> None:
+        self.source, self.orientation = source, orientation
+        self.transpose, self.flip_rows, self.flip_cols = ORIENTATIONS[orientation]
+        height, width = source.shape[:2]
+        self.shape = (width, height, *source.shape[2:]) if self.transpose else tuple(source.shape)
+        self.dtype = np.dtype(source.dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        r0, r1, _ = rows.indices(self.shape[0])
+        c0, c1, _ = cols.indices(self.shape[1])
+        if self.flip_rows:
+            r0, r1 = self.shape[0] - r1, self.shape[0] - r0
+        if self.flip_cols:
+            c0, c1 = self.shape[1] - c1, self.shape[1] - c0
+        stored = (slice(c0, c1), slice(r0, r1)) if self.transpose else (slice(r0, r1), slice(c0, c1))
+        return orient(np.asarray(self.source[stored]), self.orientation)
+
+
+def oriented(source, orientation: int):
+    """``source`` itself for orientation 1, else an :class:`Oriented` view of it."""
+    return source if orientation == 1 else Oriented(source, orientation)
 
 
 def _check(pixels: np.ndarray) -> np.ndarray:

@@ -6,7 +6,8 @@ through :func:`training.mirror.mirror_window`, which touches only the window's b
 TIFF or zarr image larger than memory is never loaded whole.
 
 * TIFF / BigTIFF (``.tif``, ``.tiff``, ``.btf``): the first series' full-resolution level through
-  tifffile's zarr store (``aszarr``): tiled or striped files are decoded tile by tile;
+  tifffile's zarr store (``aszarr``): tiled or striped files are decoded tile by tile, on the grid
+  their orientation tag gives (:class:`training.io.images.Oriented`);
 * zarr v3 (``.zarr``): an array, or an OME-Zarr group (its full-resolution ``"0"`` array);
 * PNG, JPEG, BMP ...: decoded in memory by :func:`training.io.images.read_image` (the one decoding
   policy, with its header-first pixel limit);
@@ -28,7 +29,9 @@ from training.io.images import (
     TIFF_SUFFIXES,
     ImageError,
     match_channels,
+    oriented,
     read_image,
+    tiff_orientation,
 )
 from training.mirror import ArrayLike2D
 
@@ -113,7 +116,7 @@ def open_tiff(path: str | Path) -> ArrayLike2D:
         array = zarr.open_array(series.aszarr(level=0), mode="r")
     except Exception as error:
         raise ImageError(f"{path}: TIFF cannot be read lazily ({error})", "corrupt") from None
-    return as_source(array, str(path))
+    return oriented(as_source(array, str(path)), tiff_orientation(series.keyframe))
 
 
 def open_zarr(path: str | Path) -> ArrayLike2D:

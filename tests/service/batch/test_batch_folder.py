@@ -19,7 +19,7 @@ from service.cli import main
 from tests.support.batch import TILE, make_folder, tree_bytes
 from training.inference.predictor import Predictor
 from training.io.images import read_image
-from training.io.overlay import overlay
+from training.io.overlay import foreground_classes, overlay
 from training.io.writers import encode_png, encode_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -46,7 +46,7 @@ def test_outputs_equal_the_predictor_and_manifest_hashes_match(bundle: Path, tmp
         assert 0 < labels.mean() < 1  # both classes present: the comparison means something
         probabilities = tifffile.imread(dst / f"{stem}.probabilities.tif")
         np.testing.assert_array_equal(probabilities, encode_probabilities(expected.probabilities, np.uint8))
-        assert (dst / f"{stem}.overlay.png").read_bytes() == encode_png(overlay(pixels, expected.labels))
+        assert (dst / f"{stem}.overlay.png").read_bytes() == encode_png(overlay(pixels, expected.labels, foreground_classes(predictor.info)))
         record = records[name]
         assert record["status"] == "ok" and record["error"] is None and record["seconds"] > 0
         assert record["output"] == f"{stem}.png"

@@ -14,7 +14,7 @@ from tests.support.paths import ISBI
 from training.bundle import save_bundle
 from training.inference.predictor import Predictor
 from training.io.images import ImageError, read_image
-from training.io.overlay import overlay
+from training.io.overlay import foreground_classes, overlay
 from training.io.readers import fit_channels, open_image
 from training.io.writers import TIFF_TILE, encode_probabilities, open_sink
 
@@ -56,7 +56,7 @@ def test_png_in_png_out_equals_in_process_prediction(tmp_path, bundle_path, pred
     image = read_image(ISBI / "image" / "25.png")
     expected = predictor.predict(image).labels
     assert np.array_equal(read_image(out), expected) and set(np.unique(expected)) == {0, 1}
-    assert np.array_equal(read_image(shown), overlay(image, expected))
+    assert np.array_equal(read_image(shown), overlay(image, expected, foreground_classes(predictor.info)))
     assert '"tiles": 4' in capsys.readouterr().out
     assert leftovers(tmp_path) == []
 

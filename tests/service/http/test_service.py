@@ -27,7 +27,7 @@ from tests.support.paths import ISBI_SLICE
 from tests.support.server import SMALL_THRESHOLD, TEST_MAX_UPLOAD_BYTES
 from training.inference.predictor import Predictor
 from training.io.images import decode_image, read_image
-from training.io.overlay import overlay
+from training.io.overlay import foreground_classes, overlay
 from training.io.writers import encode_png, encode_probabilities
 
 MAX_UPLOAD_BYTES = TEST_MAX_UPLOAD_BYTES
@@ -114,7 +114,7 @@ def test_model_metadata(server: httpx.Client, predictor: Predictor) -> None:
 
 def test_openapi_documents_routes(server: httpx.Client) -> None:
     paths = server.get("/docs.json").json()["paths"]
-    for route in ("/segment", "/model", "/segment_job/submit", "/segment_job/status", "/segment_job/get"):
+    for route in ("/segment", "/model", "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/result", "/jobs/{job_id}/cancel"):
         assert route in paths
 
 
@@ -138,7 +138,7 @@ def test_raw_body_equals_multipart(server: httpx.Client, predictor: Predictor) -
 def test_overlay(server: httpx.Client, predictor: Predictor) -> None:
     response = segment(server, png(SMALL), output="overlay")
     assert response.status_code == 200
-    assert response.content == encode_png(overlay(SMALL, predictor.predict(SMALL).labels))
+    assert response.content == encode_png(overlay(SMALL, predictor.predict(SMALL).labels, foreground_classes(predictor.info)))
 
 
 @pytest.mark.parametrize("fmt", ["tiff", "npy", "png"])
@@ -238,16 +238,18 @@ def test_pixel_counter(server: httpx.Client) -> None:
     assert counted() - before == SMALL.size
 
 
-def run_job(client: httpx.Client, upload: tuple[str, bytes, str], **fields: str) -> httpx.Response:
-    """Submit / poll / get with httpx (bentoml's SyncHTTPClient task submit is broken in 1.4.39)."""
-    submitted = client.post("/segment_job/submit", files={"image": upload}, data=fields)
-    assert submitted.status_code == 200, submitted.text
-    task_id = submitted.json()["task_id"]
+def run_job(client: httpx.Client, upload: tuple[str, bytes, str], **params: str) -> httpx.Response:
+    """Submit / poll / get a job; a refused submit is returned as it is."""
+    submitted = client.post("/jobs", files={"image": upload}, params=params)
+    if submitted.status_code != 202:
+        return submitted
+    job_id = submitted.json()["job_id"]
+    assert submitted.headers["location"] == f"/jobs/{job_id}"
     deadline = time.monotonic() + 120
-    while (status := client.get("/segment_job/status", params={"task_id": task_id}).json()["status"]) in ("in_progress", "pending"):
+    while (status := client.get(f"/jobs/{job_id}").json()["status"]) in ("in_progress", "pending"):
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    result = client.get("/segment_job/get", params={"task_id": task_id})
+    result = client.get(f"/jobs/{job_id}/result")
     assert (status == "completed") == (result.status_code == 200), (status, result.text)
     return result
 
@@ -301,30 +303,29 @@ def test_async_job_file_name_does_not_choose_the_reader(server: httpx.Client, pr
 
 
 def test_async_job_bad_image(server: httpx.Client) -> None:
-    response = server.post("/segment_job", files={"image": ("empty.png", b"", "image/png")})
+    response = server.post("/jobs", files={"image": ("empty.png", b"", "image/png")})
     assert response.status_code == 400, response.text
-    assert "empty" in response.text and "/tmp" not in response.text  # BentoML's body: [{"error": ...}]
+    assert "empty" in response.text and "/tmp" not in response.text
 
 
 def test_async_job_wrong_channels(server: httpx.Client) -> None:
     colour = tiff(RNG.integers(0, 256, (40, 50, 3), dtype=np.uint8), photometric="rgb")
-    response = server.post("/segment_job", files={"image": ("rgb.tif", colour, "image/tiff")})
+    response = server.post("/jobs", files={"image": ("rgb.tif", colour, "image/tiff")})
     assert response.status_code == 422, response.text
     assert "3 channel(s)" in response.text
 
 
 def test_async_job_bad_format(server: httpx.Client) -> None:
-    response = server.post("/segment_job", files={"image": ("x.png", png(SMALL), "image/png")}, data={"format": "jpeg"})
-    assert response.status_code == 400, response.text
+    """Refused at submit, before the body is stored (the schema's enum)."""
+    response = server.post("/jobs", files={"image": ("x.png", png(SMALL), "image/png")}, params={"format": "jpeg"})
+    assert response.status_code == 422, response.text
     assert "format" in response.text
-    submitted = run_job(server, ("x.png", png(SMALL), "image/png"), format="jpeg")
-    assert submitted.status_code == 400 and "format" in submitted.text
 
 
 def test_async_job_over_limit_body(server: httpx.Client) -> None:
-    """Refused before BentoML stores the body, and no task is created."""
+    """Refused before the body is read, naming the variable that raises the limit."""
     upload = ("big.tif", b"\0" * (MAX_UPLOAD_BYTES + 1), "image/tiff")
-    assert_refused(server.post("/segment_job/submit", files={"image": upload}), 413, "too_large", "over the limit")
+    assert_refused(server.post("/jobs", files={"image": upload}), 413, "too_large", "TESSERA_MAX_UPLOAD_BYTES raises it")
 
 
 def test_chunked_over_limit_body(server: httpx.Client) -> None:
@@ -373,6 +374,21 @@ def test_decompression_bomb_header(server: httpx.Client) -> None:
     started = time.monotonic()
     assert_refused(segment(server, png_header(100_000, 100_000)), 413, "too_large", "100000x100000")
     assert time.monotonic() - started < 10
+    assert "TESSERA_MAX_PIXELS raises it" in segment(server, png_header(100_000, 100_000)).json()["detail"]
+    job = server.post("/jobs", files={"image": ("bomb.png", png_header(100_000, 100_000), "image/png")})
+    assert_refused(job, 413, "too_large", "TESSERA_MAX_PIXELS raises it")
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_exif_orientation_is_applied_and_reported(server: httpx.Client, predictor: Predictor, isbi, orientation: int) -> None:
+    """A phone photo's mask lies on the grid a viewer shows: the picture turned by hand."""
+    picture = np.ascontiguousarray(isbi[:200, :300])
+    stored = {1: picture, 6: np.rot90(picture, 1), 8: np.rot90(picture, -1)}[orientation]
+    data = tiff(np.ascontiguousarray(stored), extratags=[(274, "H", 1, orientation, False)])
+    response = segment(server, data, "image/tiff")
+    assert response.headers["x-tessera-orientation"] == str(orientation)
+    np.testing.assert_array_equal(labels_of(response), predictor.predict(picture).labels)
+    assert segment(server, data, "image/tiff", output="json").json()["orientation"] == orientation
 
 
 def test_cmyk_jpeg(server: httpx.Client) -> None:

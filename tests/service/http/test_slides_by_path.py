@@ -1,4 +1,4 @@
-"""``segment_job`` with ``path=`` under TESSERA_DATA_ROOT: a real server, a real slide, each refusal a 4xx."""
+"""``POST /jobs?path=`` under TESSERA_DATA_ROOT: a real server, a real slide, each refusal a 4xx."""
 
 from __future__ import annotations
 
@@ -36,16 +36,19 @@ def url(store: Path, service_bundle: Path, tmp_path_factory) -> Iterator[str]:
 
 
 def submit(url: str, fields: dict) -> httpx.Response:
+    """``POST /jobs?path=...``, then the result once the job has ended (or the refusal)."""
     with httpx.Client(base_url=url, timeout=60) as client:
-        submitted = client.post("/segment_job/submit", data=fields, files={"unused": ("x", b"", "text/plain")})
-        if submitted.status_code != 200:
+        submitted = client.post("/jobs", params=fields)
+        if submitted.status_code != 202:
             return submitted
-        task_id = submitted.json()["task_id"]
+        job = submitted.json()["job_id"]
         deadline = time.monotonic() + 120
-        while client.get("/segment_job/status", params={"task_id": task_id}).json()["status"] in ("in_progress", "pending"):
+        while client.get(f"/jobs/{job}").json()["status"] in ("in_progress", "pending"):
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        return client.get("/segment_job/get", params={"task_id": task_id})
+        status = client.get(f"/jobs/{job}").json()
+        assert status["tiles_total"] and status["tiles_done"] == status["tiles_total"], status
+        return client.get(f"/jobs/{job}/result")
 
 
 def test_a_slide_by_path_equals_tessera_predict(url: str, store: Path, service_bundle: Path, tmp_path: Path) -> None:
