@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import time
 
 from training.bundle import DEFAULT_BUNDLE, DEFAULT_NAMES
 from training.device import set_cpu_threads
@@ -93,6 +95,21 @@ def parse_threshold(text: str | None) -> float | str | None:
         return float(text)
     except ValueError:
         raise OptionError(f"--threshold must be a probability between 0 and 1 or 'argmax', not {text!r}") from None
+
+
+def print_summary(predictor, grid, started: float, **fields) -> int:
+    """Print the one-line JSON summary of a prediction (``fields`` first, then the run's
+    classes, tiles, blending, device and seconds since ``started``); the exit code 0."""
+    summary = {
+        **fields,
+        "classes": predictor.info.classes,
+        "tile": [grid.tile_h, grid.tile_w],
+        "tiles": len(grid),
+        "blend": predictor.blend,
+        "device": str(predictor.device),
+    }
+    print(json.dumps({**summary, "seconds": round(time.perf_counter() - started, 3)}))
+    return 0
 
 
 def progress_bar(label: str, enabled: bool):

@@ -10,14 +10,13 @@ Outputs appear only when complete (temporary name, then rename).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from service.commands.inference import add_bundle_argument, add_inference_options, prepare, progress_bar
+from service.commands.inference import add_bundle_argument, add_inference_options, prepare, print_summary, progress_bar
 from service.commands.predict_slide import add_slide_options, check_slide_options, run_slide
 from training.errors import OptionError
 from training.inference.predictor import Predictor
@@ -108,17 +107,6 @@ def run(args: argparse.Namespace) -> int:
         )
     if drawn is not None:
         save_overlay(args.overlay, np.asarray(source[0:height, 0:width]), drawn, foreground_classes(predictor.info))
-    summary = {
-        "output": str(args.output),
-        "probabilities": str(probabilities) if probabilities else None,
-        "overlay": args.overlay,
-        "size": [height, width],
-        "classes": predictor.info.classes,
-        "tile": [grid.tile_h, grid.tile_w],
-        "tiles": len(grid),
-        "blend": predictor.blend,
-        "device": str(predictor.device),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    print(json.dumps(summary))
-    return 0
+    return print_summary(predictor, grid, started, output=str(args.output),
+                         probabilities=str(probabilities) if probabilities else None, overlay=args.overlay,
+                         size=[height, width])

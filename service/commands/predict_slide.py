@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from service.commands.inference import print_summary, progress_bar
 from training.errors import OptionError
+from training.inference.predictor import Predictor
 from training.inference.slide import TISSUE_MODES, SlideJob
 from training.io.geojson import OBJECT_TYPES
 
@@ -138,27 +141,9 @@ def segment_slide(args: argparse.Namespace, predictor, progress_bar) -> tuple[di
 
 def run_slide(args: argparse.Namespace, bundle: str | None, options, started: float) -> int:
     """``tessera predict`` for a slide: segment, then print the JSON summary line."""
-    import json
-    import sys
-
-    from service.commands.inference import progress_bar
-    from training.inference.predictor import Predictor
-
     if args.overlay:
         raise OptionError("--overlay is for small images; a slide's tissue mask is written beside the output")
     predictor = Predictor(bundle, options)
     shown = sys.stderr.isatty()
     part, grid = segment_slide(args, predictor, lambda label, enabled: progress_bar(label, enabled and shown))
-    summary = {
-        "output": str(args.output),
-        "size": [grid.height, grid.width],
-        "classes": predictor.info.classes,
-        "tile": [grid.tile_h, grid.tile_w],
-        "tiles": len(grid),
-        "blend": predictor.blend,
-        "device": str(predictor.device),
-        **part,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    print(json.dumps(summary))
-    return 0
+    return print_summary(predictor, grid, started, output=str(args.output), size=[grid.height, grid.width], **part)
