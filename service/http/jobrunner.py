@@ -174,6 +174,7 @@ class JobManager:
             name = f"result-{result.filename}"
             result.path.rename(folder / name)
             record.result = {"file": name, "filename": result.filename, "media_type": result.media_type}
+            record.tiles_done = record.tiles_total or 0  # tiles skipped for want of tissue count as done
             self.store.finish(record, JobStatus.completed)
             if self.on_pixels:
                 self.on_pixels(result.pixels)
