@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from training.bundle import DEFAULT_BUNDLE, Bundle, load_bundle, new_bundle_info  # noqa: E402
+from training.bundle import DEFAULT_BUNDLE, Bundle, load_bundle, new_bundle_info, save_bundle  # noqa: E402
 from training.io.images import read_image  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.normalization import Normalization  # noqa: E402
@@ -77,6 +77,54 @@ def random_bundle(spec: dict, seed: int = 0, probe: np.ndarray | None = None) ->
         with torch.no_grad():
             head.bias[1] -= float(np.median(np.log(probs[1] + 1e-12) - np.log(probs[0] + 1e-12)))
     return bundle
+
+
+#: Where the briefly trained smp Unet-resnet34 is kept between bench runs (never in the repository:
+#: 98 MB). Delete it to train again.
+SMP_CACHE = Path.home() / ".cache" / "tessera" / "bench-smp-unet-resnet34-isbi.safetensors"
+#: Training of the bench's smp model: crops of this size, this many per step, at most this many
+#: steps or seconds (whichever ends first), ISBI 2012 training slices 0-24.
+SMP_TRAIN_CROP, SMP_TRAIN_BATCH, SMP_TRAIN_STEPS, SMP_TRAIN_SECONDS = 192, 4, 150, 900
+
+
+def trained_smp_bundle(cache: Path = SMP_CACHE) -> tuple[Bundle, dict]:
+    """smp Unet-resnet34 trained briefly on ISBI slices (cross-entropy, Adam, random crops and
+    flips; encoder_weights=None, nothing downloads), cached at ``cache``. Returns the bundle and
+    how it was trained (steps, seconds, whether it came from the cache)."""
+    if cache.is_file():
+        bundle = load_bundle(cache)
+        return bundle, {**bundle.info.provenance.get("bench_training", {}), "cached": True}
+    from training.data.dataset import ISBI_TRAIN
+
+    labels_dir = ISBI.parent / "label"
+    images = [read_image(ISBI / f"{i}.png") for i in ISBI_TRAIN]
+    targets = [(read_image(labels_dir / f"{i}.png") > 127).astype(np.int64) for i in ISBI_TRAIN]
+    inputs = [Normalization.apply(image, *Normalization().statistics(image))[0] for image in images]
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = build_model(SMP_RESNET34).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    started, steps, crop = time.perf_counter(), 0, SMP_TRAIN_CROP
+    while steps < SMP_TRAIN_STEPS and time.perf_counter() - started < SMP_TRAIN_SECONDS:
+        xs, ys = [], []
+        for _ in range(SMP_TRAIN_BATCH):
+            k, y, x = rng.integers(len(inputs)), *rng.integers(0, 512 - crop, 2)
+            patch, target = inputs[k][y : y + crop, x : x + crop], targets[k][y : y + crop, x : x + crop]
+            if rng.random() < 0.5:
+                patch, target = patch[:, ::-1], target[:, ::-1]
+            xs.append(patch.copy())
+            ys.append(target.copy())
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(np.stack(xs))[:, None]), torch.from_numpy(np.stack(ys)))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        steps += 1
+    model.eval()
+    training = {"steps": steps, "seconds": round(time.perf_counter() - started, 1), "crop": crop,
+                "batch": SMP_TRAIN_BATCH, "final_loss": round(float(loss.detach()), 4)}
+    info = new_bundle_info(SMP_RESNET34, model, ["membrane", "cell"], Normalization(), provenance={"bench_training": training})
+    save_bundle(cache, model, info)
+    return load_bundle(cache), {**training, "cached": False}
 
 
 def timed(function, *args, **kwargs) -> tuple[float, object]:
