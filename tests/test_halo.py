@@ -93,3 +93,20 @@ def test_valid_unets_have_no_halo_to_scan(tiny_bundle):
 
     with pytest.raises(ValueError, match="same-padded"):
         scan_halos(load_bundle(tiny_bundle), [np.zeros((64, 64), np.uint8)])
+
+
+def test_a_stored_scan_sets_the_default_halo_and_keeps_the_impulse_one(smp_bundle, tmp_path):
+    from training.bundle import load_bundle, save_bundle
+    from training.inference.halo import preset_halo, with_scan
+
+    impulse = smp_bundle.info.geometry.halo
+    halo, note = preset_halo(smp_bundle.info, "exact")
+    assert halo == impulse and "no measured halo presets" in note
+    scan = HaloScan(agreement={2: 0.99, 4: 0.9995, 6: 0.99995}, tiles=[40], pixels=10,
+                    presets={"default": {"halo": 4, "agreement": 0.9995, "target": 0.999, "reached": True},
+                             "exact": {"halo": 6, "agreement": 0.99995, "target": 0.9999, "reached": True}})
+    path = save_bundle(tmp_path / "m.safetensors", smp_bundle.model, with_scan(smp_bundle.info, scan))
+    info = load_bundle(path).info
+    assert info.geometry.halo == 4 and info.halo["impulse"] == impulse
+    assert preset_halo(info, "exact") == (6, None) and preset_halo(info, "default") == (4, None)
+    assert HaloScan.from_dict(info.halo) == scan

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.bundle import Bundle
+from training.bundle import Bundle, BundleInfo
 
 #: Preset name -> share of pixels whose label may differ from the whole-image pass.
 HALO_PRESETS: dict[str, float] = {"default": 1e-3, "exact": 1e-4}
@@ -191,3 +191,41 @@ def override_note(halo_record: dict[str, Any] | None, halo: int) -> str:
         return (f"{text} ({presets}): labels equal to the whole-image pass on {scan.agreement[halo]:.4%} "
                 f"of the pixels at {halo} px (measured at tiles {scan.tiles})")
     return f"{text} ({presets}); agreement at {halo} px was not measured (measured: {sorted(scan.agreement)} px)"
+
+
+def impulse_halo(info: BundleInfo) -> int:
+    """The impulse-response halo of a bundle: recorded beside a scan, else the geometry's."""
+    return int(info.halo.get("impulse", info.geometry.halo))
+
+
+def with_scan(info: BundleInfo, scan: HaloScan) -> BundleInfo:
+    """``info`` with the scan stored (``info.halo``, the impulse halo kept beside it) and the
+    geometry's halo set to the ``default`` preset's, so every predictor uses it unless told."""
+    record = {**scan.to_dict(), "impulse": impulse_halo(info)}
+    halo = scan.halo_for("default") if "default" in scan.presets else info.geometry.halo
+    return dataclasses.replace(info, geometry=dataclasses.replace(info.geometry, halo=halo), halo=record)
+
+
+def preset_halo(info: BundleInfo, preset: str) -> tuple[int, str | None]:
+    """The halo of ``preset`` for a bundle, and a note when it falls back to the impulse halo
+    (bundles measured without images)."""
+    preset_target(preset)
+    if not info.halo.get("presets"):
+        return impulse_halo(info), (f"this bundle has no measured halo presets: the impulse-response halo "
+                                    f"({impulse_halo(info)} px) stands in for {preset!r}; "
+                                    "tessera calibrate --halo measures them")
+    return HaloScan.from_dict(info.halo).halo_for(preset), None
+
+
+def measure_bundle_halo(
+    bundle: Bundle,
+    images: Sequence[np.ndarray],
+    tiles: Sequence[int] = SCAN_TILES,
+    device: str | torch.device = "cpu",
+) -> Bundle:
+    """The bundle with its halo scanned on ``images`` (laid into :data:`SCAN_MOSAIC` mosaics when
+    smaller than that) and stored: see :func:`scan_halos` and :func:`with_scan`."""
+    if min(min(i.shape[:2]) for i in images) < SCAN_MOSAIC:
+        images = mosaic(images, SCAN_MOSAIC)
+    scan = scan_halos(bundle, images, tiles=tiles, device=device)
+    return Bundle(model=bundle.model, info=with_scan(bundle.info, scan), path=bundle.path)
