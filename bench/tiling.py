@@ -12,9 +12,17 @@ Keys:
   ``tiled_vs_whole_auto_tile`` at the size ``--tile auto`` picks. Target >= 1.0 on a CPU.
 * ``tile_auto``: the size ``--tile auto`` chose, its measured throughput over the worst and the
   best candidate.
-* ``vs_monai``: MONAI ``sliding_window_inference`` time (roi 512, overlap 0.25, gaussian, reflect,
-  sw_batch_size 4) / Tessera tiled time, smp Unet-resnet34 (random weights) on a 2048² image, with
-  each one's label agreement with the whole-image pass; ``vs_monai_auto_tile`` with ``--tile auto``.
+* ``--only monai``: smp Unet-resnet34 with TRAINED weights (``smp_weights``; trained briefly on ISBI
+  slices 0-24 on first use and cached, :data:`SMP_CACHE`), its halo scanned on mosaics of those
+  slices (``smp_halo_scan``, :mod:`training.inference.halo`), on a 2048² image against MONAI's
+  ``sliding_window_inference`` (roi 512, gaussian, reflect, sw_batch_size 4). Agreement is the share
+  of labels equal to the whole-image pass (for MONAI: of Tessera's default halo; for each Tessera
+  setting: of its own halo, i.e. the same mirror padding). ``smp_pareto``: seconds and agreement of
+  MONAI at overlap 0.25 and 0.5 and of Tessera's default, its ``exact`` halo preset and hand-picked
+  tiles and halos. ``vs_monai_same_agreement``: MONAI-0.25 seconds over those of the fastest Tessera
+  setting agreeing at least as well (target >= 1.5); ``vs_monai`` / ``agreement_tessera``: the same
+  for Tessera's default (target >= 1.0 at >= 0.999); ``vs_monai_exact`` / ``agreement_tessera_exact``:
+  the ``exact`` preset (>= 0.9999); ``tiled_vs_whole_smp``: whole pass over the default's tiled time.
 * ``rss_growth``: peak RSS of a 32768² (--quick: 16384²) zarr->zarr run over a 4096² run, minus 1.
 * ``gflops``: achieved GFLOP/s of the smp whole pass and of the tiled run over a measured fp32
   matmul peak.
@@ -42,6 +50,7 @@ from training.bundle import DEFAULT_BUNDLE, Bundle, load_bundle, new_bundle_info
 from training.io.images import read_image  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.normalization import Normalization  # noqa: E402
+from training.inference.halo import measure_bundle_halo, with_halo  # noqa: E402
 from training.inference.predictor import Predictor  # noqa: E402
 
 ISBI = ROOT / "training" / "assets" / "isbi2012" / "image"
@@ -265,44 +274,98 @@ def model_gflop(model: torch.nn.Module, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def vs_monai(image: np.ndarray, peak: float) -> dict:
+def monai_labels(model: torch.nn.Module, pixels: torch.Tensor, overlap: float) -> np.ndarray:
+    """MONAI's ``sliding_window_inference`` (roi 512, sw_batch_size 4, gaussian, reflect) labels."""
     from monai.inferers import sliding_window_inference
 
-    bundle = random_bundle(SMP_RESNET34, probe=image[:512, :512])
-    predictor = Predictor(bundle, device="cpu", batch_size=2)
-    mean, std = predictor.statistics(image)
+    with torch.inference_mode():
+        logits = sliding_window_inference(
+            pixels, roi_size=(512, 512), sw_batch_size=4, predictor=model, overlap=overlap,
+            mode="gaussian", padding_mode="reflect",
+        )
+    return logits[0].argmax(0).numpy().astype(np.uint8)
+
+
+class WholePasses:
+    """Whole-image reference labels of ``image`` per halo (the mirror padding follows the halo, so
+    each tiled setting is compared with the whole pass of the same predictor), computed once each."""
+
+    def __init__(self, bundle: Bundle, image: np.ndarray) -> None:
+        self.bundle, self.image, self.labels, self.seconds = bundle, image, {}, {}
+
+    def __call__(self, halo: int) -> np.ndarray:
+        if halo not in self.labels:
+            predictor = Predictor(with_halo(self.bundle, halo), device="cpu", batch_size=2)
+            self.seconds[halo], whole = timed(predictor.predict_whole, self.image, probabilities=False)
+            self.labels[halo] = whole.labels
+        return self.labels[halo]
+
+
+def tessera_point(name: str, predictor: Predictor, image: np.ndarray, whole: WholePasses) -> dict:
+    """One Tessera point of the speed/agreement curve: seconds, agreement, tile and halo."""
+    seconds, result = timed(predictor.predict, image)
+    halo = predictor.geometry.halo
+    tile = predictor.tile_for(*image.shape[:2])
+    agreement = float((result.labels == whole(halo)).mean())
+    return {"name": name, "tile": tile, "halo": halo, "tiles": len(predictor.grid(*image.shape[:2])),
+            "seconds": round(seconds, 3), "agreement": round(agreement, 6)}
+
+
+def held_out_accuracy(bundle: Bundle) -> float:
+    """Pixel accuracy of the bench's smp model on ISBI slice 29 (not trained on), whole pass."""
+    image = read_image(ISBI / "29.png")
+    target = (read_image(ISBI.parent / "label" / "29.png") > 127).astype(np.uint8)
+    return float((Predictor(bundle, device="cpu").predict_whole(image, probabilities=False).labels == target).mean())
+
+
+def vs_monai(image: np.ndarray, peak: float) -> dict:
+    """Trained smp Unet-resnet34 on ``image``: MONAI's sliding window against Tessera's default,
+    its exact preset and a few hand-picked tiles and halos (one speed/agreement curve)."""
+    trained, training = trained_smp_bundle()
+    scan_seconds, bundle = timed(measure_bundle_halo, trained, [read_image(ISBI / f"{i}.png") for i in range(25)])
+    default = Predictor(bundle, device="cpu", batch_size=2)
+    measure_seconds, _ = timed(default.tile_for, *image.shape[:2])  # the throughput, measured once
+    mean, std = default.statistics(image)
     pixels = torch.from_numpy(Normalization.apply(image, mean, std))[None]
-    model = predictor.model
-
-    def monai() -> np.ndarray:
-        with torch.inference_mode():
-            logits = sliding_window_inference(
-                pixels, roi_size=(512, 512), sw_batch_size=4, predictor=model, overlap=0.25,
-                mode="gaussian", padding_mode="reflect",
-            )
-        return logits[0].argmax(0).numpy().astype(np.uint8)
-
-    whole_seconds, whole = timed(predictor.predict_whole, image, probabilities=False)
-    monai_seconds, monai_labels = timed(monai)
-    tiled_seconds, tiled = timed(predictor.predict, image)
-    tuned = Predictor(bundle, device="cpu", batch_size=2, tile="auto")
-    tuned_seconds, tuned_labels = timed(tuned.predict, image)
-    side = predictor.grid(*image.shape).whole_window()[0]
-    whole_gflop = model_gflop(model, 64) / 64**2 * (side[1] - side[0]) * (side[3] - side[2])
-    tile_gflop = model_gflop(model, 64) / 64**2 * predictor.tile**2 * len(predictor.grid(*image.shape))
+    model = default.model
+    whole = WholePasses(bundle, image)
+    reference = whole(default.geometry.halo)
+    monai = {}
+    for overlap in (0.25, 0.5):
+        seconds, labels = timed(monai_labels, model, pixels, overlap)
+        monai[overlap] = {"name": f"monai-{overlap}", "seconds": round(seconds, 3),
+                          "agreement": round(float((labels == reference).mean()), 6)}
+    exact = Predictor(bundle, device="cpu", batch_size=2, halo="exact")
+    points = [tessera_point("tessera-default", default, image, whole), tessera_point("tessera-exact", exact, image, whole)]
+    halo = default.geometry.halo
+    stride = default.geometry.stride
+    for tile, pick in ((512, halo), (768, halo), (1024, halo), (768, max(stride, halo - stride)), (1024, 2 * halo)):
+        predictor = Predictor(bundle, device="cpu", batch_size=2, tile=tile, halo=pick)
+        points.append(tessera_point(f"tessera-{tile}-halo{pick}", predictor, image, whole))
+    base = monai[0.25]
+    good = [p for p in points if p["agreement"] >= base["agreement"]]
+    fastest = min(good, key=lambda p: p["seconds"]) if good else None
+    scan = bundle.info.halo
     return {
-        "vs_monai": round(monai_seconds / tiled_seconds, 3),
-        "monai_vs_whole": round(monai_seconds / whole_seconds, 3),
-        "tiled_vs_whole_smp": round(whole_seconds / tiled_seconds, 3),
-        "agreement_tessera": round(float((tiled.labels == whole.labels).mean()), 6),
-        "agreement_monai": round(float((monai_labels == whole.labels).mean()), 6),
-        "smp_halo": predictor.geometry.halo,
-        "smp_tile": predictor.tile,
-        "vs_monai_auto_tile": round(monai_seconds / tuned_seconds, 3),
-        "agreement_tessera_auto_tile": round(float((tuned_labels.labels == whole.labels).mean()), 6),
-        "smp_auto_tile": tuned.tile,
-        "gflops_ratio_whole": round(whole_gflop / whole_seconds / peak, 3),
-        "gflops_ratio_tiled": round(tile_gflop / tiled_seconds / peak, 3),
+        "smp_weights": "trained",
+        "smp_training": training,
+        "smp_held_out_pixel_accuracy": round(held_out_accuracy(bundle), 4),
+        "smp_halo_scan": {"seconds": round(scan_seconds, 1), "impulse": scan["impulse"], "tiles": scan["tiles"],
+                          "agreement": scan["agreement"], "presets": scan["presets"]},
+        "smp_tile_measure_seconds": round(measure_seconds, 2),
+        "smp_pareto": [monai[0.25], monai[0.5], *points],
+        "vs_monai_same_agreement": round(base["seconds"] / fastest["seconds"], 3) if fastest else None,
+        "vs_monai_same_agreement_setting": fastest["name"] if fastest else None,
+        "vs_monai": round(base["seconds"] / points[0]["seconds"], 3),
+        "agreement_tessera": points[0]["agreement"],
+        "agreement_monai": base["agreement"],
+        "vs_monai_exact": round(base["seconds"] / points[1]["seconds"], 3),
+        "agreement_tessera_exact": points[1]["agreement"],
+        "tiled_vs_whole_smp": round(whole.seconds[halo] / points[0]["seconds"], 3),
+        "monai_vs_whole": round(base["seconds"] / whole.seconds[halo], 3),
+        "smp_halo": halo,
+        "smp_tile": points[0]["tile"],
+        "gflops_ratio_whole": round(model_gflop(model, 64) / 64**2 * image.size / whole.seconds[halo] / peak, 3),
     }
 
 

@@ -78,7 +78,7 @@ class HaloScan:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HaloScan":
+    def from_dict(cls, data: dict[str, Any]) -> HaloScan:
         return cls(
             agreement={int(h): float(a) for h, a in data.get("agreement", {}).items()},
             tiles=[int(t) for t in data.get("tiles", [])],
