@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 from training.loop.classify import ClassifierConfig, evaluate_classifier, train_classifier
 from training.loop.config import load_config
 from training.data.dataset import DatasetError
-from training.loop.trainer import build_network
+from training.loop.network import build_network
 
 #: Small timm ResNet; 16 px inputs (the 8x8 digits upsampled).
 ENCODER = "tu-resnet10t"

@@ -18,8 +18,8 @@ from training.data.dataset import (
     LabelSpec,
     SegmentationFolder,
     isbi2012,
-    parse_selection,
 )
+from training.data.selection import parse_positions
 
 
 def write_pair(root: Path, stem: str, image: np.ndarray, mask: np.ndarray, image_suffix: str = ".png",
@@ -140,7 +140,7 @@ def test_selection_by_names_file_and_errors(tmp_path):
     listing.write_text("7\n3\n")
     assert data.select(listing).names == ["7", "3"]
     assert data.select(["29", 0]).names == ["29", "0"]
-    assert parse_selection("0-2, 5") == [0, 1, 2, 5]
+    assert parse_positions("0-2, 5") == [0, 1, 2, 5]
     with pytest.raises(DatasetError, match="outside 0..29"):
         data.select([30])
     with pytest.raises(DatasetError, match="'nope'"):

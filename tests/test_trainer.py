@@ -152,14 +152,14 @@ def test_calibrated_threshold_is_chosen_on_training_images_and_recorded(data: Pa
     trainer = Trainer(tiny(data, tmp_path / "cal", "run.threshold=calibrate", "run.monitor=rand_error",
                            "run.calibrate_by=pixel_error", "run.epochs=2", "run.overlays=0", "run.precise_bn=4"),
                       log=quiet)
-    assert trainer.calibration_metric == "pixel_error"
+    assert trainer.validation.calibration_metric == "pixel_error"
     result = trainer.fit()
     # Precise BatchNorm: the saved statistics are the exact ones of the saved weights over the
     # run's clean patches (recomputing them changes nothing), not the training-time averages.
     saved = load_bundle(result.last).model.train()
     before = {k: v.clone() for k, v in saved.state_dict().items() if "running" in k}
-    trainer._clean_patches.reseed(0)
-    patches = [trainer._clean_patches[i][0] for i in range(4)]
+    trainer.validation.clean_patches.reseed(0)
+    patches = [trainer.validation.clean_patches[i][0] for i in range(4)]
     recompute_batchnorm(saved, [torch.stack(patches[:2]), torch.stack(patches[2:])], torch.device("cpu"))
     after = {k: v for k, v in saved.state_dict().items() if "running" in k}
     assert all(torch.allclose(before[k], after[k], rtol=1e-5, atol=1e-6) for k in before)

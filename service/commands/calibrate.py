@@ -56,11 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from training.bundle import SUFFIX, load_bundle, save_bundle
     from training.device import set_cpu_threads
-    from training.loop.evaluate import calibrate, calibration_subset, check_classes, interior_class
-    from training.inference.predictor import Predictor, tta_caveat
+    from training.inference.predictor import tta_caveat
+    from training.loop.evaluate import calibrate_bundle, calibration_subset, check_classes, interior_class
 
-    if not Path(args.bundle).is_file():
-        raise ValueError(f"{args.bundle}: no such bundle file")
     if Path(args.output).suffix != SUFFIX:
         raise ValueError(f"{args.output}: bundle files end in {SUFFIX}")
     if args.threads:
@@ -70,24 +68,19 @@ def run(args: argparse.Namespace) -> int:
     check_classes(folder, bundle.info.classes)
     examples = [folder.load(index) for index in range(len(folder))]
     interior = interior_class(bundle.info.classes, args.rand_class)
-    modes = args.tta if args.tta is not None else sorted(bundle.info.tta_thresholds)
-    scores: dict[str, float] = {}
-    thresholds: dict[str, float] = {}
-    for mode in ("none", *dict.fromkeys(modes)):
+    modes = tuple(dict.fromkeys(("none", *(args.tta if args.tta is not None else sorted(bundle.info.tta_thresholds)))))
+    for mode in modes:
         caveat = tta_caveat(bundle.info, mode)
         if caveat is not None:
             print(f"tessera calibrate: warning: --tta {mode}: {caveat}", file=sys.stderr)
-        predictor = Predictor(bundle, device=args.device, tta=mode, threshold=None)
-        thresholds[mode], scores[mode] = calibrate(predictor, examples, args.by, interior)
     info = bundle.info
     replaced = {"threshold": info.threshold, "tta_thresholds": info.tta_thresholds}
-    info.threshold = thresholds.pop("none")
-    info.tta_thresholds = thresholds
+    _, scores = calibrate_bundle(bundle, examples, args.by, interior, modes, device=args.device)
     info.provenance["calibration"] = {
         "by": args.by,
         "images": [e.name for e in examples],
         "threshold": info.threshold,
-        "tta_thresholds": thresholds,
+        "tta_thresholds": info.tta_thresholds,
         "scores": scores,
         "from": str(args.bundle),
         "replaced": replaced,

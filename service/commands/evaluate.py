@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from service.commands.inference import add_threshold_option, parse_threshold, parse_tile
 from service.commands.labelled import add_dataset_options, labelled_folder
@@ -56,8 +55,6 @@ def run(args: argparse.Namespace) -> int:
     tile = parse_tile(args.tile)
     if args.threads:
         set_cpu_threads(args.threads)
-    if args.bundle and not Path(args.bundle).is_file():
-        raise ValueError(f"{args.bundle}: no such bundle file")
     result = evaluate_bundle(
         args.bundle,
         labelled_folder(args, ISBI_HOLDOUT),

@@ -1,8 +1,9 @@
 """Options shared by the sub-commands that read images with masks (evaluate, label-offset).
 
 ``--images DIR --masks DIR`` name a labelled folder (paired by stem, read as ``tessera train``
-reads it), ``--select`` picks stems or ranges of positions from it; with neither folder, the
-shipped ISBI 2012 slices stand in (a default split per command).
+reads it), ``--select`` picks pairs from it as ``data.val`` does (stems, stem ranges, ``pos:``
+positions; :mod:`training.data.selection`); with neither folder, the shipped ISBI 2012 slices
+stand in (a default split per command).
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import argparse
 from collections.abc import Sequence
 
 from training.data.dataset import SegmentationFolder, isbi2012
-from training.loop.trainer import select_items
 
 
 def add_dataset_options(parser: argparse.ArgumentParser, default: str) -> None:
     """--images, --masks, --select; ``default`` says which ISBI slices stand in without folders."""
     parser.add_argument("--images", help=f"folder of images (default: {default})")
     parser.add_argument("--masks", help="folder of masks, paired by file stem")
-    parser.add_argument("--select", help="stems, or ranges of positions, e.g. '25-29' or '7,img_3' (default: all)")
+    parser.add_argument("--select", help="stems, stem ranges or positions, e.g. '25-29', '7,img_3' or "
+                                         "'pos:0-4', or a file listing stems (default: all)")
 
 
 def labelled_folder(args: argparse.Namespace, isbi_default: Sequence[int]) -> SegmentationFolder:
@@ -28,5 +29,5 @@ def labelled_folder(args: argparse.Namespace, isbi_default: Sequence[int]) -> Se
         raise ValueError("give both --images and --masks (or neither, for the shipped ISBI 2012 slices)")
     if args.images:
         folder = SegmentationFolder(args.images, args.masks)
-        return folder.select(select_items(args.select.split(","))) if args.select else folder
+        return folder.select(args.select) if args.select else folder
     return isbi2012(args.select or isbi_default)

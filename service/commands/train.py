@@ -25,7 +25,8 @@ examples:
   tessera train --config configs/isbi2012.yaml --max-minutes 5 --output runs/quick
       the same, stopped after 5 minutes of wall time (summed over resumed sittings)
   tessera train --images data/img --masks data/mask --set data.val='[7-9]' --epochs 30
-      your own folders (paired by file stem); positions 7-9 (natural stem order) held out
+      your own folders (paired by file stem); the stems 7 to 9 held out ('[pos:0-2]': the
+      first three in natural stem order)
   tessera train --config my.yaml --arch smp.Unet:resnet18 --set patch.size=256 \\
       --set model.encoder_weights=classifier.safetensors --set model.freeze_encoder_epochs=5
       an smp model whose encoder starts from 'tessera train-classifier' and is frozen 5 epochs

@@ -1,6 +1,7 @@
 """Training data: datasets on disk, overlap-tile patches, augmentation.
 
 * :mod:`training.data.dataset` -- folders of images and masks paired by stem, label specs, splits.
+* :mod:`training.data.selection` -- which pairs a split uses: stems, stem ranges, positions.
 * :mod:`training.data.patches` -- the torch ``Dataset`` of mirror-extrapolated training patches.
 * :mod:`training.data.augment` -- the albumentations pipeline (paper's elastic grid deformation,
   flips, rotations, intensity).
@@ -17,8 +18,8 @@ from training.data.dataset import (
     LabelSpec,
     SegmentationFolder,
     isbi2012,
-    parse_selection,
 )
+from training.data.selection import SelectionError, parse_positions
 from training.data.augment import Augmentation, build_augmentation
 from training.data.patches import PatchDataset, WeightMapConfig, dataset_normalization
 
@@ -36,5 +37,6 @@ __all__ = [
     "LabelSpec",
     "SegmentationFolder",
     "isbi2012",
-    "parse_selection",
+    "SelectionError",
+    "parse_positions",
 ]

@@ -30,25 +30,26 @@ Public API
   classes; ``encode(mask)`` turns mask values into int64 class indices (:data:`IGNORE_INDEX`).
 * :class:`SegmentationFolder` -- ``SegmentationFolder(images, masks, labels=None, ignore=None)``;
   ``len``, ``names``, ``load(i) -> Example``, ``load_all()``, ``select(items)`` (a split by
-  positions, stems, ``"0-24"`` ranges, or a text file of stems).
+  stems, stem ranges such as ``"0-24"``, positions ``"pos:0-4"``, or a text file of stems;
+  :mod:`training.data.selection`).
 * :class:`Example` -- ``name``, ``image`` (decoded, ``(H, W)`` or ``(H, W, C)``), ``target``
   (``(H, W)`` int64 class indices, :data:`IGNORE_INDEX` where ignored).
 * :func:`isbi2012` -- the shipped ISBI 2012 example data; :data:`ISBI_TRAIN`,
   :data:`ISBI_HOLDOUT` (slices 0-24 and 25-29).
-* :func:`parse_selection` -- ``"0-24,27"`` -> ``[0, ..., 24, 27]``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from training.data.selection import Items, SelectionError, select
 from training.io.images import DEFAULT_MAX_PIXELS, ImageError, channel_count, match_channels, read_image
 from training.labels import IGNORE_INDEX
 
@@ -206,27 +207,6 @@ def natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def parse_selection(text: str) -> list[int]:
-    """``"0-24,27"`` -> ``[0, 1, ..., 24, 27]`` (inclusive ranges, comma separated)."""
-    indices: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        match = re.fullmatch(r"(\d+)\s*-\s*(\d+)|(\d+)", part)
-        if not match:
-            raise DatasetError(
-                f"cannot read selection {text!r}: use positions like '0-24,27', stems, or a file "
-                f"listing one stem per line"
-            )
-        if match.group(3) is not None:
-            indices.append(int(match.group(3)))
-        else:
-            first, last = int(match.group(1)), int(match.group(2))
-            if last < first:
-                raise DatasetError(f"selection range {part!r} runs backwards")
-            indices.extend(range(first, last + 1))
-    return indices
-
-
 class SegmentationFolder:
     """Images and masks paired by file stem, with their :class:`LabelSpec`.
 
@@ -328,27 +308,15 @@ class SegmentationFolder:
             fitted.append(Example(example.name, image, example.target))
         return fitted
 
-    def select(self, items: Iterable[int | str] | str | Path) -> "SegmentationFolder":
-        """A split: by positions in :attr:`names` order (ints, or a string like ``"0-24"``), by
-        stems (strings that are not ranges), or a text file listing one stem per line."""
-        if isinstance(items, Path) or (isinstance(items, str) and Path(items).is_file()):
-            items = [line.strip() for line in Path(items).read_text().splitlines() if line.strip()]
-        elif isinstance(items, str):
-            items = parse_selection(items)
-        by_name = {pair.name: pair for pair in self.pairs}
-        chosen: list[Pair] = []
-        for item in items:
-            if isinstance(item, (int, np.integer)):
-                if not 0 <= item < len(self.pairs):
-                    raise DatasetError(f"selection position {item} is outside 0..{len(self.pairs) - 1}")
-                chosen.append(self.pairs[int(item)])
-            elif item in by_name:
-                chosen.append(by_name[item])
-            else:
-                raise DatasetError(f"selection names {item!r}, which is not a stem in {self.images_dir}")
-        if len({pair.name for pair in chosen}) != len(chosen):
-            raise DatasetError("selection lists a pair twice")
-        return self._from_pairs(self, chosen)
+    def select(self, items: Items) -> "SegmentationFolder":
+        """A split: the pairs ``items`` name, in that order -- stems, stem ranges such as
+        ``"25-29"``, positions (``"pos:0-4"`` or ints), or a text file listing one item per line
+        (:mod:`training.data.selection`)."""
+        try:
+            chosen = select(self.names, items, self.images_dir)
+        except SelectionError as error:
+            raise DatasetError(str(error)) from None
+        return self._from_pairs(self, [self.pairs[i] for i in chosen])
 
     # ----------------------------------------------------------------- reading
     def _read(self, path: Path) -> np.ndarray:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 #: Separator in flattened optimizer tensor names.
 SEP = "/"
@@ -123,3 +124,22 @@ def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> N
             for name, value in entries.items():
                 if isinstance(value, torch.Tensor) and value.shape == parameter.shape:
                     entries[name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
+
+
+def restore(bundle: Path, model: nn.Module, optimizer: torch.optim.Optimizer, average: nn.Module | None) -> dict[str, Any]:
+    """Put a saved run back: ``model``'s trained weights, the moving ``average``'s (the bundle's
+    weights when there is one; None: the run has no average) and the ``optimizer``'s state, from
+    ``bundle`` and its state files; returns the record :func:`save_state` was given. A run saved
+    with a moving average resumes only with one, and the other way round."""
+    optimizer_state, record, trained = load_state(bundle)
+    tensors = load_file(str(bundle))
+    if average is not None:
+        if not trained:
+            raise CheckpointError(f"{bundle}: saved without optim.ema; resume with the run's own config")
+        average.load_state_dict(tensors, strict=True)
+        tensors = trained
+    elif trained:
+        raise CheckpointError(f"{bundle}: saved with optim.ema; resume with the run's own config")
+    model.load_state_dict(tensors, strict=True)
+    load_optimizer(optimizer, optimizer_state)
+    return record

@@ -195,46 +195,21 @@ def train_classifier(
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    dataset = load_class_folder(data, config.size)
-    if val_data is not None:
-        train_set = dataset
-        val_set = load_class_folder(val_data, config.size, dataset.images.shape[-1], dataset.classes)
-    else:
-        train_index, val_index = stratified_split(dataset.labels, config.val_fraction, config.seed)
-        train_set, val_set = dataset.subset(train_index), dataset.subset(val_index)
+    dataset, train_set, val_set = class_splits(data, val_data, config)
     normalization = Normalization("image")
     in_channels = dataset.images.shape[-1]
     spec = parse_arch(f"classifier:{config.encoder}", in_channels, len(dataset.classes))
     model = build_model(spec).to(device)
-    inputs = normalise(train_set.images, normalization)
-    padded = torch.from_numpy(
-        np.stack([mirror_pad(x, (config.shift, config.shift), (config.shift, config.shift)) for x in inputs.permute(0, 2, 3, 1).numpy()])
-    ).permute(0, 3, 1, 2).contiguous()
+    padded = padded_inputs(train_set.images, normalization, config.shift)
     targets = torch.from_numpy(train_set.labels)
     val_inputs = normalise(val_set.images, normalization) if len(val_set.labels) else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = -(-len(targets) // config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
     deadline = start + 60 * config.max_minutes if config.max_minutes else None
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
-    step = 0
     for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(targets), generator=generator)
-        total = 0.0
-        for first in range(0, len(order), config.batch_size):
-            index = order[first : first + config.batch_size]
-            batch = shifted_batch(padded[index], config.size, config.shift, generator).to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * (1 - step / total_steps) ** config.poly_power
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(batch), targets[index].to(device))
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(index)
-            step += 1
-        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / len(targets)}
+        loss = train_epoch(model, optimizer, padded, targets, config, epoch, generator, device)
+        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss}
         if val_inputs is not None:
             row["val_accuracy"] = float((predict_classes(model, val_inputs, device) == val_set.labels).mean())
         history.append(row)
@@ -242,28 +217,76 @@ def train_classifier(
         if deadline is not None and time.monotonic() >= deadline:
             break
     metrics = {k: v for k, v in history[-1].items()}
+    provenance = {
+        "command": command,
+        "config": asdict(config),
+        "data": {"train": str(data), "val": str(val_data) if val_data else None,
+                 "train_images": int(len(targets)), "val_images": int(len(val_set.labels))},
+        "seed": config.seed,
+        "device": str(device),
+        "seconds": round(time.monotonic() - start, 1),
+    }
     info = BundleInfo(
-        spec=spec,
-        classes=dataset.classes,
-        in_channels=in_channels,
-        normalization=normalization,
-        geometry=None,
-        tile={"input": config.size},
-        task="classification",
-        provenance={
-            "command": command,
-            "config": asdict(config),
-            "data": {"train": str(data), "val": str(val_data) if val_data else None,
-                     "train_images": int(len(targets)), "val_images": int(len(val_set.labels))},
-            "seed": config.seed,
-            "device": str(device),
-            "seconds": round(time.monotonic() - start, 1),
-        },
-        metrics=metrics,
+        spec=spec, classes=dataset.classes, in_channels=in_channels, normalization=normalization, geometry=None,
+        tile={"input": config.size}, task="classification", provenance=provenance, metrics=metrics,
     )
     save_bundle(output, model, info)
     return {"bundle": str(output), "classes": dataset.classes, "epochs": len(history), "history": history,
             "metrics": metrics, "seconds": round(time.monotonic() - start, 1)}
+
+
+def class_splits(
+    data: str | Path, val_data: str | Path | None, config: ClassifierConfig
+) -> tuple[ClassSet, ClassSet, ClassSet]:
+    """The whole class folder ``data``, its training images and the validation images: the folder
+    ``val_data`` (same classes and channels), else ``config.val_fraction`` of each class held out."""
+    dataset = load_class_folder(data, config.size)
+    if val_data is not None:
+        return dataset, dataset, load_class_folder(val_data, config.size, dataset.images.shape[-1], dataset.classes)
+    train_index, val_index = stratified_split(dataset.labels, config.val_fraction, config.seed)
+    return dataset, dataset.subset(train_index), dataset.subset(val_index)
+
+
+def padded_inputs(images: np.ndarray, normalization: Normalization, shift: int) -> torch.Tensor:
+    """Normalised images ``(N, C, H + 2 shift, W + 2 shift)``, mirror-padded by ``shift`` pixels so
+    that shifted crops (:func:`shifted_batch`) never leave the image."""
+    inputs = normalise(images, normalization)
+    pad = (shift, shift)
+    return torch.from_numpy(
+        np.stack([mirror_pad(x, pad, pad) for x in inputs.permute(0, 2, 3, 1).numpy()])
+    ).permute(0, 3, 1, 2).contiguous()
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    padded: torch.Tensor,
+    targets: torch.Tensor,
+    config: ClassifierConfig,
+    epoch: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> float:
+    """One pass over the training images in ``generator``'s order, shifted crops, the poly learning
+    rate over all ``config.epochs``; returns the mean cross-entropy."""
+    model.train()
+    steps_per_epoch = -(-len(targets) // config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    step = epoch * steps_per_epoch
+    order = torch.randperm(len(targets), generator=generator)
+    total = 0.0
+    for first in range(0, len(order), config.batch_size):
+        index = order[first : first + config.batch_size]
+        batch = shifted_batch(padded[index], config.size, config.shift, generator).to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * (1 - step / total_steps) ** config.poly_power
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(batch), targets[index].to(device))
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(index)
+        step += 1
+    return total / len(targets)
 
 
 def evaluate_classifier(bundle: Bundle | str | Path, data: str | Path, device: str = "auto") -> dict[str, Any]:

@@ -37,10 +37,13 @@ class DataConfig:
 
     ``images``/``masks`` are folders paired by file stem (classes from a ``classes.yaml`` beside
     the masks, see :mod:`training.data.dataset`). The validation set is either given as its
-    own folders (``val_images``/``val_masks``), or picked from the training folders by stem with
-    ``val`` (a list of stems or ranges such as ``"25-29"``); ``train`` likewise restricts the
-    training stems (default: every stem not used for validation). ``foreground_fraction`` of the
-    patches are centred on a foreground pixel (nnU-Net's oversampling). ``rand_class`` names the
+    own folders (``val_images``/``val_masks``), or picked from the training folders with ``val``;
+    ``train`` likewise restricts the training pairs (default: every pair not used for validation).
+    Both are selections (:mod:`training.data.selection`): stems (``"7"``, ``"img_3"``), stem
+    ranges (``"25-29"``: the stems 25 through 29 in natural order; a number always means the stem
+    it spells), or positions in natural stem order after ``pos:`` (``"pos:0-4"``, 0-based).
+    ``foreground_fraction`` of the patches are centred on a foreground pixel (nnU-Net's
+    oversampling). ``rand_class`` names the
     class whose connected components the adapted Rand error compares (default for two classes:
     class 1, ISBI's ``cell``). ``label_offset``: ``[dy, dx]`` pixels the masks sit off the
     structures they trace (negative: up / left; ISBI 2012: about ``[-0.6, -0.2]``), so that flips

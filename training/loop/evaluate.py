@@ -10,8 +10,9 @@ Metric names (flat): ``pixel_error``, ``dice``, ``iou`` (means over classes), ``
 ``iou_<class>``, ``rand_error`` (two-class tasks, or when an interior class is named).
 
 :func:`calibrate` chooses a two-class model's decision threshold on labelled images by one of
-:data:`training.loop.config.CALIBRATION_METRICS`; the trainer (``run.threshold: calibrate``) and ``tessera calibrate``
-both use it.
+:data:`training.loop.config.CALIBRATION_METRICS`; :func:`calibrate_bundle` does so for each
+test-time augmentation mode and records the thresholds in the bundle. The trainer
+(``run.threshold: calibrate``) and ``tessera calibrate`` both use them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from training.inference.decision import CALIBRATION_THRESHOLDS, calibrate_thresh
 from training.loop.metrics import MetricAccumulator
 
 if TYPE_CHECKING:
+    import torch
+
     from training.inference.predictor import Predictor
 
 
@@ -162,3 +165,29 @@ def calibrate(
 
     threshold, value = calibrate_threshold(probabilities, loss, thresholds)
     return threshold, sign * value
+
+
+def calibrate_bundle(
+    bundle: Bundle,
+    examples: Sequence[Example],
+    metric: str,
+    interior: int | None,
+    modes: Sequence[str],
+    device: str | torch.device = "auto",
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Choose ``bundle``'s decision threshold anew (:func:`calibrate`) for each test-time
+    augmentation mode in ``modes`` (``"none"``: without augmentation), and record them in
+    ``bundle.info``: ``threshold`` for ``"none"`` when it is among ``modes``, ``tta_thresholds``
+    for the others (replacing the recorded ones). Returns the thresholds and their scores by mode;
+    the caller saves the bundle."""
+    from training.inference.predictor import Predictor
+
+    thresholds: dict[str, float] = {}
+    scores: dict[str, float] = {}
+    for mode in dict.fromkeys(modes):
+        predictor = Predictor(bundle, device=device, tta=mode, threshold=None)
+        thresholds[mode], scores[mode] = calibrate(predictor, examples, metric, interior)
+    if "none" in thresholds:
+        bundle.info.threshold = thresholds["none"]
+    bundle.info.tta_thresholds = {mode: value for mode, value in thresholds.items() if mode != "none"}
+    return thresholds, scores
