@@ -110,3 +110,27 @@ def test_a_stored_scan_sets_the_default_halo_and_keeps_the_impulse_one(smp_bundl
     assert info.geometry.halo == 4 and info.halo["impulse"] == impulse
     assert preset_halo(info, "exact") == (6, None) and preset_halo(info, "default") == (4, None)
     assert HaloScan.from_dict(info.halo) == scan
+
+
+def test_calibrate_halo_stores_the_scan_and_makes_the_named_preset_the_bundles(smp_bundle, tmp_path, capsys):
+    import json
+
+    from service.cli import main
+    from training.bundle import read_bundle_info, save_bundle
+
+    source = save_bundle(tmp_path / "smp.safetensors", smp_bundle.model, smp_bundle.info)
+    out = tmp_path / "exact.safetensors"
+    assert main(["calibrate", str(source), "-o", str(out), "--halo", "exact", "--select", "0", "--threads", "1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    info = read_bundle_info(out)
+    presets = info.halo["presets"]
+    assert info.halo["preset"] == "exact" and info.geometry.halo == presets["exact"]["halo"] == printed["halo"]
+    assert presets["exact"]["reached"] and presets["exact"]["agreement"] >= 0.9999
+    assert info.halo["pixels"] == 1024 * 1024 and info.threshold == smp_bundle.info.threshold
+
+
+def test_calibrate_halo_refuses_valid_unets(tiny_bundle, tmp_path, capsys):
+    from service.cli import main
+
+    assert main(["calibrate", str(tiny_bundle), "-o", str(tmp_path / "x.safetensors"), "--halo", "--select", "0"]) == 2
+    assert "valid-padded U-Net" in capsys.readouterr().err

@@ -284,3 +284,29 @@ def test_resume_needs_the_runs_own_weight_averaging(data: Path, tmp_path: Path) 
         Trainer(tiny(data, tmp_path / "run", "optim.ema=0.9"), log=quiet).fit(resume=True)
     with pytest.raises(ValueError, match="must be in \\[0, 1\\)"):
         tiny(data, tmp_path / "bad", "optim.ema=1")
+
+
+def test_same_padded_runs_end_with_the_halo_measured_on_validation_images(data: Path, tmp_path: Path) -> None:
+    """``run.halo: scan`` (the default): the best bundle of an smp run carries the halo scan, and
+    its geometry's halo is the default preset's; ``impulse`` keeps the impulse-response radius."""
+    from tests.test_halo import SMALL_SMP
+    from training.bundle import new_bundle_info, save_bundle
+    from training.models import build_model
+    from training.normalization import Normalization
+
+    torch.manual_seed(0)
+    model = build_model(SMALL_SMP).eval()
+    init = save_bundle(tmp_path / "init.safetensors", model,
+                       new_bundle_info(SMALL_SMP, model, ["membrane", "cell"], Normalization()))
+    lines: list[str] = []
+    common = (f"model.init={init}", "run.epochs=1", "run.overlays=0", "patch.size=64")
+    Trainer(tiny(data, tmp_path / "scan", *common), log=lines.append).fit()
+    info = read_bundle_info(tmp_path / "scan" / "best.safetensors")
+    presets = info.halo["presets"]
+    assert info.halo["pixels"] == 1024 * 1024  # the 128 px validation slice laid into a 1024² mosaic
+    assert presets["default"]["agreement"] >= 0.999 and info.geometry.halo == presets["default"]["halo"]
+    assert presets["exact"]["halo"] >= presets["default"]["halo"] and info.halo["impulse"] > 0
+    assert any("halo from agreement with the whole-image pass: default" in line for line in lines)
+    Trainer(tiny(data, tmp_path / "impulse", *common, "run.halo=impulse"), log=quiet).fit()
+    kept = read_bundle_info(tmp_path / "impulse" / "best.safetensors")
+    assert kept.halo == {} and kept.geometry.halo == read_bundle_info(init).geometry.halo

@@ -144,7 +144,10 @@ class RunConfig:
     ``precision`` of the training steps (:func:`training.device.autocast_dtype`): ``auto`` (mixed
     bf16/fp16 on CUDA, float32 on the CPU), ``float32``, ``bfloat16`` (also on the CPU: about 2x
     faster where the CPU has bf16 instructions) or ``float16`` (CUDA). Validation and the saved
-    bundles are float32 either way.
+    bundles are float32 either way. ``halo`` (same-padded networks): ``scan`` -- at the end of the
+    run the best bundle's halo is measured from agreement with the whole-image pass on the
+    validation images (training images when there are none; :mod:`training.inference.halo`);
+    ``impulse`` -- keep the impulse-response radius.
     """
 
     epochs: int | None = 50
@@ -163,6 +166,7 @@ class RunConfig:
     calibrate_by: str | None = None
     precise_bn: int = 0
     precision: str = "auto"
+    halo: Literal["scan", "impulse"] = "scan"
 
 
 @dataclass
@@ -209,6 +213,7 @@ class TrainConfig:
             (self.model.depth >= 1 and self.model.width >= 1, "model.depth / model.width", "must be >= 1"),
             (self.run.precise_bn >= 0, "run.precise_bn", "must be >= 0"),
             (self.run.precision in PRECISIONS, "run.precision", f"must be one of {', '.join(PRECISIONS)}"),
+            (self.run.halo in ("scan", "impulse"), "run.halo", "must be scan or impulse"),
             (self.run.monitor in MONITORS, "run.monitor", f"must be one of {', '.join(MONITORS)}"),
             (self.run.calibrate_by in (None, *CALIBRATION_METRICS), "run.calibrate_by",
              f"must be one of {', '.join(CALIBRATION_METRICS)}"),

@@ -11,7 +11,9 @@ them with :func:`training.loop.evaluate.score` (pooled over images). Before it, 
   (:mod:`training.inference.decision`) by ``run.calibrate_by``.
 
 At the end of a run the best bundle's threshold is calibrated again for each test-time augmentation
-mode the model trained for (:meth:`Validation.calibrate_tta`, ``tta_thresholds`` in the bundle).
+mode the model trained for (:meth:`Validation.calibrate_tta`, ``tta_thresholds`` in the bundle),
+and a same-padded network's halo is measured from agreement with the whole-image pass
+(:meth:`Validation.measure_halo`, ``run.halo: scan``).
 """
 
 from __future__ import annotations
@@ -121,3 +123,14 @@ class Validation:
         )
         save_bundle(path, bundle.model, bundle.info)
         return thresholds
+
+    def measure_halo(self, path: Path) -> dict[str, dict]:
+        """Measure the halo of the same-padded bundle at ``path`` on the validation images
+        (training images when there are none) and store it (:mod:`training.inference.halo`);
+        returns the presets (halo and agreement of each)."""
+        from training.inference.halo import measure_bundle_halo
+
+        examples = self.splits.val_examples or self.splits.train_examples
+        bundle = measure_bundle_halo(load_bundle(path), [e.image for e in examples], device=self.device)
+        save_bundle(path, bundle.model, bundle.info)
+        return bundle.info.halo["presets"]
