@@ -92,7 +92,7 @@ def local2(bundle: Path):
     from service.batch import prepare
     from service.batch.scheduler import open_runner
 
-    spec, predictor = prepare(bundle, TILE, None, False, "cpu")
+    spec, predictor = prepare(bundle, tile=TILE, device="cpu")
     runner = open_runner("local:2", spec, predictor)
     yield spec, predictor, runner
     runner.close()

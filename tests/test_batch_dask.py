@@ -12,6 +12,7 @@ from service.batch import segment_folder, segment_gigapixel
 from service.batch.folder import FolderOptions, run_folder
 from service.batch.gigapixel import run_gigapixel
 from service.batch.scheduler import PredictorSpec, parse_scheduler
+from training.inference.options import InferenceOptions
 from tests.batch_support import TILE, local2, leftovers, make_bundle, make_folder, make_slide, tree_bytes  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -65,5 +66,5 @@ def test_scheduler_parsing_and_spec_key() -> None:
     for bad in ("local:0", "local:x", "cluster", "tcp://", "http://host:1"):
         with pytest.raises(ValueError, match="scheduler"):
             parse_scheduler(bad)
-    spec = PredictorSpec("b", "s", 92, None, "none")
-    assert spec.key() == PredictorSpec("b", "s", 92, None, "none").key() != PredictorSpec("b", "s", 96, None, "none").key()
+    spec = PredictorSpec("b", "s", InferenceOptions(tile=92))
+    assert spec.key() == PredictorSpec("b", "s", InferenceOptions(tile=92)).key() != PredictorSpec("b", "s", InferenceOptions(tile=96)).key()

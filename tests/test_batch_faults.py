@@ -17,7 +17,8 @@ import pytest
 
 from service.batch import segment_folder, segment_gigapixel
 from service.batch.folder import FolderOptions, run_folder
-from service.batch.gigapixel import DONE_FOLDER, run_gigapixel
+from service.batch.gigapixel import run_gigapixel
+from service.batch.gigapixel.state import DONE_FOLDER
 from service.cli import main
 from tests.batch_support import TILE, local2, leftovers, make_bundle, make_folder, make_slide, tree_bytes  # noqa: F401 (fixture)
 from training.io.writers import encode_png

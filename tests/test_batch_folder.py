@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from service.batch import segment_folder
 from service.batch.files import UnsafeNameError, job_lock, safe_relative
@@ -110,7 +111,7 @@ def test_threshold_decides_the_masks_and_is_a_setting(bundle: Path, tmp_path: Pa
     assert (report.succeeded, report.skipped) == (2, 0)
 
 
-def test_blend_gaussian_folder_job_equals_the_blending_predictor_and_is_a_setting(bundle: Path, tmp_path: Path, capsys) -> None:
+def test_blend_gaussian_folder_job_equals_the_blending_predictor_and_is_a_setting(bundle: Path, tmp_path: Path) -> None:
     images = make_folder(tmp_path / "src", 2)
     dst = tmp_path / "dst"
     assert main(["batch", str(bundle), str(tmp_path / "src"), str(dst), "--tile", str(TILE), "--blend", "gaussian", "--quiet"]) == 0
@@ -119,10 +120,12 @@ def test_blend_gaussian_folder_job_equals_the_blending_predictor_and_is_a_settin
         np.testing.assert_array_equal(read_image(dst / f"{name.rsplit('.', 1)[0]}.png"), predictor.predict(pixels).labels)
     report = segment_folder(bundle, tmp_path / "src", dst, tile=TILE)  # crop-only: another job
     assert (report.succeeded, report.skipped) == (2, 0)
-    tifffile.imwrite(tmp_path / "slide.tif", next(iter(images.values())))
-    capsys.readouterr()
-    assert main(["batch", str(bundle), str(tmp_path / "slide.tif"), str(tmp_path / "out"), "--blend", "gaussian"]) == 2
-    assert "not yet for gigapixel jobs" in capsys.readouterr().err
+    pixels = next(iter(images.values()))
+    tifffile.imwrite(tmp_path / "slide.tif", pixels)
+    out = tmp_path / "out"
+    assert main(["batch", str(bundle), str(tmp_path / "slide.tif"), str(out), "--tile", str(TILE), "--blend", "gaussian",
+                 "--quiet"]) == 0  # gigapixel jobs blend too (tests/test_batch_gigapixel_blend.py)
+    np.testing.assert_array_equal(zarr.open_array(str(out / "slide.zarr" / "0"), mode="r")[:], predictor.predict(pixels).labels)
 
 
 def test_listing_with_escaping_names_is_refused_and_nothing_leaves_dst(bundle: Path, tmp_path: Path) -> None:

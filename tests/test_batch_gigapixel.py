@@ -12,7 +12,8 @@ import tifffile
 import zarr
 
 from service.batch import segment_gigapixel
-from service.batch.gigapixel import DONE_FOLDER, chunk_shape, output_stem
+from service.batch.gigapixel.plan import chunk_shape
+from service.batch.gigapixel.state import DONE_FOLDER, output_stem
 from tests.batch_support import TILE, leftovers, make_bundle, make_slide, tree_bytes
 from training.inference.predictor import Predictor
 from training.io.writers import encode_probabilities

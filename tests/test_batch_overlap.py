@@ -15,7 +15,8 @@ import tifffile
 import torch
 
 from service.batch import prepare
-from service.batch.gigapixel import GigapixelJob, padded_input, plan_chunks, segment_block, segmentation
+from service.batch.gigapixel.graph import padded_input, segment_block, segmentation
+from service.batch.gigapixel.plan import GigapixelJob, plan_chunks
 from service.batch.scheduler import adopt_predictor, release_predictor
 from tests.batch_support import TILE, make_bundle, smooth_image
 from training.bundle import new_bundle_info, save_bundle
@@ -61,7 +62,7 @@ def cases(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray, int, int]]:
 def job_for(bundle: Path, image: np.ndarray, tile: int, chunk: int, source: Path):
     """The spec, predictor and job of a gigapixel run of ``image`` (stored at ``source``),
     without a partial output (nothing is written here)."""
-    spec, predictor = prepare(bundle, tile, None, False, "cpu")
+    spec, predictor = prepare(bundle, tile=tile, device="cpu")
     plan, chunks = plan_chunks(predictor, *image.shape[:2], chunk)
     mean, std = predictor.statistics(image)
     job = GigapixelJob(

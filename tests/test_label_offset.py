@@ -20,7 +20,8 @@ from training.data.label_offset import (
     shift_maps,
     view_correction,
 )
-from training.inference.predictor import TTA_MODES, Predictor
+from training.inference.predictor import Predictor
+from training.inference.tta import TTA_MODES
 
 D4 = TTA_MODES["d4"]
 

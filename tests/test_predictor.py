@@ -15,7 +15,8 @@ from training.device import BatchRunner, resolve_device
 from training.io.images import ImageError
 from training.models import build_model
 from training.normalization import Normalization
-from training.inference.predictor import Predictor, tta_caveat
+from training.inference.predictor import Predictor
+from training.inference.tta import tta_caveat
 from training.io.writers import encode_probabilities
 
 RGB_UNET = {**TINY_UNET, "in_channels": 3, "num_classes": 3, "depth": 3}
@@ -306,7 +307,7 @@ def test_tile_auto_measures_valid_candidates_within_the_budget(gray):
     choice = predictor.tile_choice
     assert predictor.tile == choice.size == max(choice.throughput, key=choice.throughput.get)
     assert len(choice.throughput) >= 3 and all(gray.info.geometry.is_valid_input(s) for s in choice.throughput)
-    from training.inference.predictor import choose_tile
+    from training.inference.autotile import choose_tile
 
     small = choose_tile(predictor, budget=1)  # only the smallest candidate is ever allowed
     assert list(small.throughput) == [min(choice.throughput)]

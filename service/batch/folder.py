@@ -24,9 +24,7 @@ be read or segmented is recorded as ``failed`` with its error and the job goes o
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
-import json
 import os
 import time
 from collections.abc import Callable
@@ -37,16 +35,15 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from service.batch.files import UnsafeNameError, atomic_write, inside, job_lock, safe_relative, sweep_temporaries
+from service.batch.jobkey import job_key
 from service.batch.manifest import MANIFEST_NAME, Manifest
 from service.batch.scheduler import PredictorSpec, predictor_for
 from training.bundle import file_sha256
-from training.io.images import DEFAULT_MAX_PIXELS, ImageError
+from training.io.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError
 from training.io.overlay import overlay
 from training.io.readers import open_image
 from training.io.writers import encode_png, encode_probabilities
 
-#: Image suffixes a folder job picks up (case-insensitive).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 #: Suffixes of listing files (one image path per line).
 LISTING_SUFFIXES = (".txt", ".lst")
 #: Characters that make SRC a glob pattern.
@@ -199,18 +196,6 @@ def plan_items(inputs: list[tuple[str, Path]], dst: Path, options: FolderOptions
     return items, refused
 
 
-def job_key(spec: PredictorSpec, options: FolderOptions) -> str:
-    """What makes outputs comparable across runs: the model, tiles, TTA, blending, the decision
-    threshold and the outputs asked for (``blend`` and ``threshold`` only when not the defaults,
-    so keys of older jobs are unchanged)."""
-    settings = {"bundle": spec.sha256, "tile": spec.tile, "tta": spec.tta, "outputs": options.kinds()}
-    if spec.blend != "none":
-        settings["blend"] = [spec.blend, spec.overlap]
-    if spec.threshold != "bundle":
-        settings["threshold"] = spec.threshold
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
 # ---------------------------------------------------------------------------------- the task
 def segment_file(item: FolderItem, spec: PredictorSpec, options: FolderOptions, dst: str, job: str) -> dict:
     """Segment one input and write its outputs atomically; a manifest record (never raises for
@@ -272,7 +257,7 @@ def run_folder(
         refused = sorted(refused + unsafe)
         manifest = Manifest(root / MANIFEST_NAME)
         report.manifest = str(manifest.path)
-        key = job_key(spec, options)
+        key = job_key(spec, outputs=options.kinds())
         report.total = len(items) + len(refused)
         done = 0
 

@@ -30,14 +30,13 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from training.inference.blending import DEFAULT_OVERLAP
 from training.bundle import file_sha256
+from training.inference.options import InferenceOptions
 from training.inference.predictor import Predictor
 
 #: The default scheduler: tasks run in the calling process.
@@ -57,26 +56,19 @@ LOADS: Counter[str] = Counter()
 class PredictorSpec:
     """Everything a worker needs to build the job's predictor, and nothing else (picklable).
 
-    ``blend`` / ``overlap`` are the predictor's tile blending (``"none"``: exact crop-only).
-    ``threshold``: two-class decisions as :class:`~training.inference.predictor.Predictor` takes them
-    (``"bundle"``: the bundle's own; None: argmax; or a probability).
-    ``tile`` is the resolved tile input size (``"auto"`` is measured once, by the client, so
-    every worker uses the same tiles); ``sha256`` is the bundle file's hash, checked by each
-    worker so a bundle replaced mid-job cannot mix models into one output.
+    ``options`` are the predictor's resolved :class:`~training.inference.options.InferenceOptions`
+    (``tile="auto"`` is measured once, by the client, so every worker uses the same tiles);
+    ``sha256`` is the bundle file's hash, checked by each worker so a bundle replaced mid-job
+    cannot mix models into one output.
     """
 
     bundle: str
     sha256: str
-    tile: int
-    batch_size: int | None
-    tta: str
-    device: str = "auto"
-    blend: str = "none"
-    overlap: float = DEFAULT_OVERLAP
-    threshold: float | str | None = "bundle"
+    options: InferenceOptions
 
     def key(self) -> str:
-        return hashlib.sha256(repr(sorted(asdict(self).items())).encode()).hexdigest()[:16]
+        """A short hash naming this predictor (one per worker process)."""
+        return hashlib.sha256(f"{self.bundle}\0{self.sha256}\0{self.options.key()}".encode()).hexdigest()[:16]
 
 
 def load_predictor(spec: PredictorSpec) -> Predictor:
@@ -85,8 +77,7 @@ def load_predictor(spec: PredictorSpec) -> Predictor:
     found = file_sha256(spec.bundle)
     if found != spec.sha256:
         raise ValueError(f"{spec.bundle}: bundle changed during the job (sha256 {found[:12]}, expected {spec.sha256[:12]})")
-    return Predictor(spec.bundle, device=spec.device, tile=spec.tile, batch_size=spec.batch_size, tta=spec.tta,
-                     blend=spec.blend, overlap=spec.overlap, threshold=spec.threshold)
+    return Predictor(spec.bundle, spec.options)
 
 
 def predictor_for(spec: PredictorSpec) -> Predictor:

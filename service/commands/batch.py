@@ -22,16 +22,7 @@ import json
 import sys
 
 from service.batch import IN_PROCESS, is_gigapixel_source, segment_folder, segment_gigapixel
-from service.commands.inference import (
-    add_bundle_argument,
-    add_inference_options,
-    add_threshold_option,
-    blend_options,
-    parse_threshold,
-    parse_tile,
-    prepare,
-    progress_bar,
-)
+from service.commands.inference import add_bundle_argument, add_inference_options, prepare, progress_bar
 from training.io.images import DEFAULT_MAX_PIXELS
 
 EXAMPLES = """\
@@ -44,6 +35,8 @@ examples:
         two-class model: class 1 where its probability >= 0.3 (default: the bundle's threshold)
   tessera batch model.safetensors slide.tif out/ --tiff --scheduler local:2
         one huge image -> out/slide.zarr (OME-Zarr with pyramid) and out/slide.tif, 2 worker processes
+  tessera batch groupnorm.safetensors slide.tif out/ --blend gaussian
+        a model that cannot tile exactly (instance/group norm): overlapping tiles averaged
   tessera batch model.safetensors scans/ masks/ --scheduler tcp://10.0.0.5:8786
         on an existing Dask cluster (inputs and DST on a file system all workers see)
   (rerun any of these after an interruption: only unfinished work is redone)
@@ -69,15 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--chunk", type=int, default=None,
                         help="gigapixel jobs: chunk edge in pixels, rounded to whole tile steps (default about 1024)")
     add_inference_options(parser, None, f"refuse larger images (folder default {DEFAULT_MAX_PIXELS:,}; gigapixel default: none)")
-    add_threshold_option(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    bundle = prepare(args)
-    common = {"scheduler": args.scheduler, "tile": parse_tile(args.tile), "batch_size": args.batch_size,
-              "tta": args.tta, "device": args.device, "probabilities": args.probabilities,
-              "threshold": parse_threshold(args.threshold), **blend_options(args)}
+    bundle, options = prepare(args)
+    common = {"scheduler": args.scheduler, "probabilities": args.probabilities, "options": options}
     shown = not args.quiet and sys.stderr.isatty()
     if is_gigapixel_source(args.src):
         if args.overlay:

@@ -1,7 +1,9 @@
-"""Options and helpers shared by the sub-commands that run the predictor (predict, batch).
+"""Options and helpers shared by the sub-commands that run the predictor (predict, batch, serve).
 
-One definition of: what names mean the shipped model, the inference options (tile, batch size,
-device, TTA, blending, pixel limit, threads, progress) and their parsing, and the rich progress bar.
+One definition of: what names mean the shipped model, the predictor's options (tile, batch size,
+device, TTA, blending, threshold) and how they become one
+:class:`~training.inference.options.InferenceOptions`, the run options (pixel limit, threads,
+progress), and the rich progress bar.
 """
 
 from __future__ import annotations
@@ -9,18 +11,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from training.inference.blending import BLEND_MODES, DEFAULT_OVERLAP
 from training.bundle import DEFAULT_BUNDLE, DEFAULT_NAMES
 from training.device import set_cpu_threads
-from training.inference.predictor import TTA_MODES
+from training.inference.blending import BLEND_MODES, DEFAULT_OVERLAP
+from training.inference.options import InferenceOptions
+from training.inference.tta import TTA_MODES
 
 
 def add_bundle_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", help=f"model bundle (.safetensors), or '-' / 'default' for the shipped {DEFAULT_BUNDLE.name}")
 
 
-def add_inference_options(parser: argparse.ArgumentParser, max_pixels: int | None, max_pixels_help: str) -> None:
-    """--tile, --batch-size, --device, --tta, --blend, --overlap, --max-pixels, --threads, --quiet."""
+def add_predictor_options(parser: argparse.ArgumentParser) -> None:
+    """--tile, --batch-size, --device, --tta, --blend, --overlap, --threshold: the fields of
+    :class:`~training.inference.options.InferenceOptions` (read back by :func:`inference_options`)."""
     parser.add_argument("--tile", default=None, help="tile input size in pixels, or 'auto' to measure (default: the bundle's)")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (halved on out-of-memory)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
@@ -31,26 +35,34 @@ def add_inference_options(parser: argparse.ArgumentParser, max_pixels: int | Non
                              "Gaussian weights, for instance/group-norm models whose tiles cannot be exact")
     parser.add_argument("--overlap", type=float, default=None,
                         help=f"with --blend gaussian: share of a tile its neighbour repeats (default {DEFAULT_OVERLAP})")
+    add_threshold_option(parser)
+
+
+def add_inference_options(parser: argparse.ArgumentParser, max_pixels: int | None, max_pixels_help: str) -> None:
+    """The predictor's options (:func:`add_predictor_options`) and --max-pixels, --threads, --quiet."""
+    add_predictor_options(parser)
     parser.add_argument("--max-pixels", type=int, default=max_pixels, help=max_pixels_help)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def prepare(args: argparse.Namespace) -> str | None:
-    """Apply --threads, check --batch-size and --overlap, and return the bundle path (None: the
-    shipped model)."""
-    if args.threads:
-        set_cpu_threads(args.threads)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, not {args.batch_size}")
+def inference_options(args: argparse.Namespace) -> InferenceOptions:
+    """The :class:`~training.inference.options.InferenceOptions` the predictor options give
+    (ValueError naming the option that is wrong)."""
     if args.overlap is not None and args.blend == "none":
         raise ValueError("--overlap applies to --blend gaussian only (crop-only tiles do not overlap)")
-    return None if args.bundle in DEFAULT_NAMES else args.bundle
+    return InferenceOptions(
+        tile=parse_tile(args.tile), batch_size=args.batch_size, tta=args.tta, blend=args.blend,
+        overlap=DEFAULT_OVERLAP if args.overlap is None else args.overlap,
+        threshold=parse_threshold(args.threshold), device=args.device,
+    )
 
 
-def blend_options(args: argparse.Namespace) -> dict:
-    """--blend / --overlap as Predictor keyword arguments."""
-    return {"blend": args.blend, "overlap": DEFAULT_OVERLAP if args.overlap is None else args.overlap}
+def prepare(args: argparse.Namespace) -> tuple[str | None, InferenceOptions]:
+    """Apply --threads; the bundle path (None: the shipped model) and the inference options."""
+    if args.threads:
+        set_cpu_threads(args.threads)
+    return (None if args.bundle in DEFAULT_NAMES else args.bundle), inference_options(args)
 
 
 def parse_tile(text: str | None) -> int | str | None:
@@ -64,7 +76,7 @@ def parse_tile(text: str | None) -> int | str | None:
 
 
 def add_threshold_option(parser: argparse.ArgumentParser) -> None:
-    """--threshold: how two-class labels come from probabilities."""
+    """--threshold: how two-class labels come from probabilities (:func:`parse_threshold`)."""
     parser.add_argument("--threshold", default=None, metavar="P|argmax",
                         help="two-class models: class 1 where its probability >= P, or 'argmax' "
                              "(default: the bundle's calibrated threshold, argmax if it has none)")

@@ -10,7 +10,6 @@ Outputs appear only when complete (temporary name, then rename).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -18,21 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from service.commands.inference import (
-    add_bundle_argument,
-    add_inference_options,
-    add_threshold_option,
-    blend_options,
-    parse_threshold,
-    parse_tile,
-    prepare,
-    progress_bar,
-)
+from service.commands.inference import add_bundle_argument, add_inference_options, prepare, progress_bar
+from training.inference.predictor import Predictor
+from training.inference.to_file import predict_to_file
 from training.io.images import DEFAULT_MAX_PIXELS
 from training.io.overlay import save_overlay
-from training.inference.predictor import Predictor
 from training.io.readers import fit_channels, open_image
-from training.io.writers import PNG_MAX_PIXELS, PROBABILITY_DTYPES, TeeSink, ArraySink, label_dtype, open_sink
+from training.io.writers import PNG_MAX_PIXELS, PROBABILITY_DTYPES, ArraySink, label_dtype
 
 EXAMPLES = """\
 examples:
@@ -68,7 +59,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="uint8 = round(255 p) (default), or float16 / float32")
     parser.add_argument("--overlay", metavar="PNG", help="also write the labels drawn over the image (small images)")
     add_inference_options(parser, DEFAULT_MAX_PIXELS, f"refuse images with more pixels than this (default {DEFAULT_MAX_PIXELS:,})")
-    add_threshold_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -85,36 +75,23 @@ def probability_path(args: argparse.Namespace) -> Path | None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    bundle = prepare(args)
+    bundle, options = prepare(args)
     source = open_image(args.input, max_pixels=args.max_pixels)
-    predictor = Predictor(bundle, device=args.device, tile=parse_tile(args.tile), batch_size=args.batch_size, tta=args.tta,
-                          threshold=parse_threshold(args.threshold), **blend_options(args))
+    predictor = Predictor(bundle, options)
     source = fit_channels(source, predictor.info.in_channels)
     height, width = source.shape[:2]
     if args.overlay and height * width > PNG_MAX_PIXELS:
         raise ValueError(f"--overlay is for images up to {PNG_MAX_PIXELS:,} pixels; this one has {height * width:,}")
-    grid = predictor.grid(height, width)
-    classes = predictor.num_classes
-    attributes = {"classes": predictor.info.classes, "source": str(args.input)}
     probabilities = probability_path(args)
-    shown = not args.quiet and len(grid) > 1 and sys.stderr.isatty()
+    drawn = np.zeros((height, width), label_dtype(predictor.num_classes)) if args.overlay else None
+    shown = not args.quiet and len(predictor.grid(height, width)) > 1 and sys.stderr.isatty()
     bar, callback = progress_bar("segmenting tiles", shown)
-    with contextlib.ExitStack() as stack:
-        labels = stack.enter_context(
-            open_sink(args.output, (height, width), label_dtype(classes), (grid.step_h, grid.step_w), {**attributes, "values": "class index"})
+    with bar:
+        grid = predict_to_file(
+            predictor, source, args.output, probabilities=probabilities, probability_dtype=args.probability_dtype,
+            attributes={"source": str(args.input)}, also=ArraySink(drawn) if drawn is not None else None,
+            progress=callback,
         )
-        drawn = np.zeros((height, width), labels.dtype) if args.overlay else None
-        if drawn is not None:
-            labels = TeeSink(labels, ArraySink(drawn))
-        probability_sink = None
-        if probabilities is not None:
-            probability_sink = stack.enter_context(
-                open_sink(probabilities, (classes, height, width), PROBABILITY_DTYPES[args.probability_dtype],
-                          (grid.step_h, grid.step_w), {**attributes, "values": f"probability as {args.probability_dtype}",
-                                                       "scale": 1 / 255 if args.probability_dtype == "uint8" else 1.0})
-            )
-        with bar:
-            predictor.predict_to(source, labels=labels, probabilities=probability_sink, progress=callback)
     if drawn is not None:
         save_overlay(args.overlay, np.asarray(source[0:height, 0:width]), drawn)
     summary = {

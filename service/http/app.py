@@ -46,11 +46,11 @@ from service.http.jobs import JobFormat, segment_file
 from service.http.responses import class_statistics, coco_objects, geojson_objects
 from service.http.uploads import STATUS_FOR_REASON, BodyLimit, Limits, UploadError, decode_upload, open_upload, read_upload
 from training.bundle import DEFAULT_BUNDLE, BundleInfo, load_bundle
-from training.inference.decision import decide
 from training.device import set_cpu_threads
+from training.inference.options import InferenceOptions
+from training.inference.predictor import Predictor
 from training.io.images import ImageError, match_channels
 from training.io.overlay import overlay
-from training.inference.predictor import Predictor
 from training.io.writers import encode_png, encode_probabilities
 
 #: Environment variables the service reads (documented in the README).
@@ -58,7 +58,10 @@ BUNDLE_ENV = "TESSERA_BUNDLE"
 MAX_BYTES_ENV = "TESSERA_MAX_UPLOAD_BYTES"
 MAX_PIXELS_ENV = "TESSERA_MAX_PIXELS"
 WORKERS_ENV = "TESSERA_WORKERS"
-#: Predictors kept per worker for distinct (tile, tta) requests.
+#: The server's inference options as JSON (``tessera serve --tile ... --tta ...``); requests
+#: replace the tile, TTA and threshold with their query options.
+OPTIONS_ENV = "TESSERA_OPTIONS"
+#: Predictors kept per worker for distinct request options.
 PREDICTOR_CACHE = 4
 
 app = FastAPI(
@@ -119,6 +122,13 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def options_from_env() -> InferenceOptions:
+    """The server's :class:`~training.inference.options.InferenceOptions` from ``TESSERA_OPTIONS``
+    (all defaults when unset)."""
+    text = os.environ.get(OPTIONS_ENV)
+    return InferenceOptions(**json.loads(text)) if text else InferenceOptions()
+
+
 def limits_from_env() -> Limits:
     """Upload limits from ``TESSERA_MAX_UPLOAD_BYTES`` and ``TESSERA_MAX_PIXELS`` (defaults otherwise)."""
     return Limits(max_bytes=env_int(MAX_BYTES_ENV, Limits.max_bytes), max_pixels=env_int(MAX_PIXELS_ENV, Limits.max_pixels))
@@ -140,31 +150,39 @@ class Tessera:
         path = os.environ.get(BUNDLE_ENV) or str(DEFAULT_BUNDLE)
         self.bundle = load_bundle(path)
         self.limits = limits_from_env()
-        self.predictors: dict[tuple, Predictor] = {}
+        self.options = options_from_env()
+        self.predictors: dict[InferenceOptions, Predictor] = {}
         # Every inference runs on this one thread: one request at a time (the model uses every
         # core), and PyTorch's buffers stay in one malloc arena instead of one per pool thread.
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-model")
-        self.predictor(None, TTA.none)
+        self.predictor(self.options)
 
     # ------------------------------------------------------------------ helpers
     @property
     def info(self) -> BundleInfo:
         return self.bundle.info
 
-    def predictor(self, tile: int | None, tta: TTA) -> Predictor:
-        """A predictor for this tile size and TTA, built once and kept (the model is shared)."""
-        key = (tile, tta.value)
-        if key not in self.predictors:
+    def predictor(self, options: InferenceOptions) -> Predictor:
+        """A predictor for these options, built once and kept (the model is shared)."""
+        if options not in self.predictors:
             if len(self.predictors) >= PREDICTOR_CACHE:
                 self.predictors.pop(next(iter(self.predictors)))
-            self.predictors[key] = Predictor(self.bundle, tile=tile, tta=tta.value)
-        return self.predictors[key]
+            self.predictors[options] = Predictor(self.bundle, options)
+        return self.predictors[options]
 
-    def segment_pixels(self, pixels: np.ndarray, tile: int | None, tta: TTA, probabilities: bool, endpoint: str):
+    def request_options(self, tile: int | None, tta: TTA | None, threshold: float | None) -> InferenceOptions:
+        """The server's options with the request's tile, TTA and threshold where it gives them."""
+        asked = {"tile": tile, "tta": tta.value if tta is not None else None, "threshold": threshold}
+        try:
+            return self.options.replace(**{name: value for name, value in asked.items() if value is not None})
+        except ValueError as error:
+            raise UploadError(422, "invalid_option", str(error)) from None
+
+    def segment_pixels(self, pixels: np.ndarray, options: InferenceOptions, probabilities: bool, endpoint: str):
         """Run the predictor; called on :attr:`model_thread` only."""
         try:
             pixels = match_channels(pixels, self.info.in_channels)
-            prediction = self.predictor(tile, tta).predict(pixels, probabilities=probabilities)
+            prediction = self.predictor(options).predict(pixels, probabilities=probabilities)
         except ImageError as error:
             raise UploadError(422, error.reason, str(error)) from None
         except ValueError as error:  # an invalid tile size names the valid ones
@@ -193,7 +211,7 @@ class Tessera:
         class_index: Annotated[int | None, Query(ge=0, description="class shown by probability_format=png")] = None,
         geometry: Geometry = Geometry.none,
         threshold: Annotated[float | None, Query(ge=0, le=1, description="two-class models: class 1 where p1 >= threshold")] = None,
-        tta: TTA = TTA.none,
+        tta: Annotated[TTA | None, Query(description="test-time augmentation (default: the server's, none)")] = None,
         tile: Annotated[int | None, Query(ge=1, le=8192, description="tile input size (a valid size for the model)")] = None,
         pixel_size: Annotated[float, Query(ge=1e-12, description="units per pixel, for areas in JSON")] = 1.0,
     ) -> Response:
@@ -208,16 +226,14 @@ class Tessera:
             self.check_options(output, class_index, threshold)
             data = await read_upload(request)
             pixels = decode_upload(data, self.limits)
-            want_probabilities = output == Output.probabilities or threshold is not None
+            options = self.request_options(tile, tta, threshold)
             pixels, prediction = await asyncio.get_running_loop().run_in_executor(
-                self.model_thread, self.segment_pixels, pixels, tile, tta, want_probabilities, "segment"
+                self.model_thread, self.segment_pixels, pixels, options, output == Output.probabilities, "segment"
             )
         except UploadError as error:
             return error_response(error.status, error.error, error.detail)
-        labels = prediction.labels
-        if threshold is not None:
-            labels = decide(prediction.probabilities, threshold)
-        return self.render(output, pixels, labels, prediction.probabilities, probability_format, class_index, geometry, pixel_size)
+        return self.render(output, pixels, prediction.labels, prediction.probabilities, probability_format, class_index,
+                           geometry, pixel_size)
 
     @app.get("/model", summary="The served model's metadata")
     def model(self) -> dict:
@@ -268,7 +284,7 @@ class Tessera:
         try:
             source = open_upload(Path(image), self.limits)
             with tempfile.TemporaryDirectory(prefix="tessera-job-") as work:
-                predictor = self.model_thread.submit(self.predictor, None, TTA.none).result()
+                predictor = self.model_thread.submit(self.predictor, self.options).result()
                 result = self.model_thread.submit(segment_file, predictor, source, JobFormat(format), Path(work)).result()
                 body = result.path.read_bytes()
         except UploadError as error:  # BentoML answers {"error": message} with this status

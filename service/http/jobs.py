@@ -3,8 +3,8 @@
 The HTTP task ``segment_job`` (:mod:`service.http.app`) calls :func:`segment_file`. The upload is a
 file on disk (BentoML writes the multipart part to a request temporary directory); a TIFF/BigTIFF
 is opened lazily (:func:`service.http.uploads.open_upload`) and the labels are written tile by tile
-with :meth:`training.inference.predictor.Predictor.predict_to` into a file sink of :mod:`training.io.writers`,
-so memory is bounded by the tile batch and the sink's row bands, not by the image:
+into a file by :func:`training.inference.to_file.predict_to_file`, so memory is bounded by the tile
+batch and the sink's row bands, not by the image:
 
 * ``tiff`` -- a tiled, zlib-compressed BigTIFF of class indices (what ``tessera predict -o x.tif``
   writes);
@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from training.mirror import ArrayLike2D
 from training.inference.predictor import Predictor
-from training.io.readers import fit_channels
-from training.io.writers import label_dtype, open_sink
+from training.inference.to_file import predict_to_file
+from training.mirror import ArrayLike2D
 
 
 class JobFormat(str, Enum):
@@ -54,19 +53,11 @@ def zip_directory(directory: Path, target: Path) -> Path:
 
 
 def segment_file(predictor: Predictor, source: ArrayLike2D, fmt: JobFormat, work: Path) -> JobResult:
-    """Segment ``source`` tile by tile into a ``fmt`` label file inside the directory ``work``.
-
-    The sink has the chunking and attributes ``tessera predict`` gives the same format, so the
-    arrays are identical to its output.
-    """
-    source = fit_channels(source, predictor.info.in_channels)
-    height, width = source.shape[:2]
-    grid = predictor.grid(height, width)
+    """Segment ``source`` tile by tile into a ``fmt`` label file inside the directory ``work``
+    (:func:`training.inference.to_file.predict_to_file`, what ``tessera predict`` writes with)."""
     output = work / ("labels.zarr" if fmt == JobFormat.zarr else "labels.tif")
-    attributes = {"classes": predictor.info.classes, "values": "class index"}
-    dtype = label_dtype(predictor.num_classes)
-    with open_sink(output, (height, width), dtype, (grid.step_h, grid.step_w), attributes) as labels:
-        predictor.predict_to(source, labels=labels)
+    grid = predict_to_file(predictor, source, output)
+    pixels = grid.height * grid.width
     if fmt == JobFormat.zarr:
-        return JobResult(zip_directory(output, work / "labels.zarr.zip"), "application/zip", "labels.zarr.zip", height * width)
-    return JobResult(output, "image/tiff", "labels.tif", height * width)
+        return JobResult(zip_directory(output, work / "labels.zarr.zip"), "application/zip", "labels.zarr.zip", pixels)
+    return JobResult(output, "image/tiff", "labels.tif", pixels)

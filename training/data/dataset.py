@@ -50,11 +50,9 @@ import numpy as np
 import yaml
 
 from training.data.selection import Items, SelectionError, select
-from training.io.images import DEFAULT_MAX_PIXELS, ImageError, channel_count, match_channels, read_image
+from training.io.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, channel_count, match_channels, read_image
 from training.labels import IGNORE_INDEX
 
-#: File suffixes that are data; anything else in the folders (a README, classes.yaml) is not.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 #: Names looked for, in order, in the mask folder and then its parent.
 CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
 #: Class names used for binary masks without a classes file.

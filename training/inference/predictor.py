@@ -2,25 +2,27 @@
 service and the batch jobs.
 
     p = Predictor("model.safetensors")           # or None for the shipped model, or a Bundle
+    p = Predictor(bundle, InferenceOptions(tile=572, tta="flips"))   # or the same as keywords
     pred = p.predict(pixels, probabilities=True)  # (H, W[, C]) uint8/uint16/float32 pixels
     pred.labels                                   # (H, W) uint8 (uint16 above 255 classes)
     pred.probabilities                            # (K, H, W) float32
     p.predict_to(open_image("slide.tif"), labels=open_sink("out.zarr", ...))   # streamed
 
-How it works (see :mod:`training.inference.tiling` for the grid):
+How it works (see :mod:`training.inference.tiling` for the grid, :mod:`training.inference.options`
+for the settings):
 
 * normalisation statistics are computed ONCE per image (streamed for lazy sources) and applied
   to every tile window, never per tile;
 * a reader thread reads, mirrors and normalises the windows of the next batch while the model
-  runs on the current one (bounded queue: at most two batches in memory);
+  runs on the current one (:mod:`training.inference.prefetch`: at most two batches ahead);
 * each tile writes only its own output block to the sinks; nothing image-sized is held in
   float, and there is no count map (blocks abut, every pixel is computed once);
 * optionally (``blend="gaussian"``) tiles overlap and are averaged with Gaussian weights in a
   rolling band of rows, for models where exactness cannot hold (see :mod:`training.inference.blending`);
 * probabilities are the softmax over classes (sigmoid for a one-class model), averaged over the
-  test-time augmentations if any (for a model trained with labels drawn off-centre, each view's
-  probabilities are first moved back where the labels sit, :mod:`training.data.label_offset`, and
-  tiles read that many more pixels of context); labels are their argmax (``p > 0.5`` for one
+  test-time augmentations if any (:mod:`training.inference.tta`; for a model trained with labels
+  drawn off-centre, each view's probabilities are first moved back where the labels sit,
+  :mod:`training.data.label_offset`, and tiles read that many more pixels of context); labels are their argmax (``p > 0.5`` for one
   class), or for a bundle with a calibrated decision threshold ``p1 >= threshold``
   (:mod:`training.inference.decision`; with test-time augmentation the threshold calibrated for it).
 
@@ -32,47 +34,35 @@ labels); for same-padded models tiles carry a measured halo and agree up to rare
 from __future__ import annotations
 
 import dataclasses
-import queue
-import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from training.inference.blending import DEFAULT_OVERLAP, DEFAULT_SIGMA_SCALE, BandBlender, check_blend
 from training.bundle import DEFAULT_BUNDLE, Bundle, BundleInfo, load_bundle
-from training.inference.decision import check_threshold, decide
+from training.data.label_offset import correction_reach, shift_maps
 from training.device import BatchRunner, autocast, prepare_model, resolve_device
 from training.geometry import TileGeometry
-from training.io.images import ImageError, channel_count
-from training.data.label_offset import bundle_label_offset, correction_reach, shift_maps, view_correction
+from training.inference.autotile import TileChoice, choose_tile
+from training.inference.blending import BandBlender
+from training.inference.decision import check_threshold, decide
+from training.inference.options import AUTO_TILE, BUNDLE_THRESHOLD, InferenceOptions
+from training.inference.prefetch import prefetch
+from training.inference.tiling import Box, Tile, TileGrid, check_region
+from training.inference.tta import TTA_MODES, tta_caveat, tta_corrections
+from training.io.images import ImageError, match_channels
+from training.io.readers import fit_channels
+from training.io.writers import ArraySink, Sink, as_sink, encode_probabilities, label_dtype
 from training.mirror import ArrayLike2D, mirror_window
 from training.normalization import Normalization
-from training.io.readers import fit_channels
-from training.inference.tiling import Box, Tile, TileGrid, check_region
-from training.io.writers import ArraySink, Sink, as_sink, encode_probabilities, label_dtype
 
-#: Tiles per forward pass when the caller does not say. 1 on the CPU: oneDNN results differ in the
+#: Tiles per forward pass when the options do not say. 1 on the CPU: oneDNN results differ in the
 #: last bits with the batch size, and one tile per pass makes a region computed alone (a Dask block)
 #: byte-identical to the same region of a whole run; big tiles keep the CPU busy anyway.
 DEFAULT_BATCH = {"cpu": 1, "cuda": 8}
-#: Batches the reader thread may prepare ahead of the model.
-PREFETCH_BATCHES = 2
-#: Test-time augmentations: name -> list of (rotations by 90 degrees, horizontal flip).
-TTA_MODES: dict[str, list[tuple[int, bool]]] = {
-    "none": [(0, False)],
-    "flips": [(0, False), (0, True), (2, True), (2, False)],
-    "d4": [(k, flip) for k in range(4) for flip in (False, True)],
-}
-
-#: Input sizes ``--tile auto`` tries (the nearest valid size to each), pixels per side.
-AUTO_TILE_CANDIDATES = (256, 384, 512, 768, 1024, 1536)
-#: Share of the available memory (host RAM, or free GPU memory) one batch's activations may use.
-AUTO_TILE_MEMORY_SHARE = 0.25
 
 #: Layers whose output depends on the whole input's statistics: tiling cannot be exact with them.
 PER_SAMPLE_NORMS = (torch.nn.InstanceNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
@@ -95,67 +85,54 @@ class Predictor:
     Args:
         bundle_or_path: a :class:`~training.bundle.Bundle`, a bundle path, or ``None`` for the
             shipped default model.
-        device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda:0"``...
-        tile: tile input size in pixels (a valid size for the network), ``None`` for the
-            bundle's default, or ``"auto"`` to measure the fastest valid size (see
-            :func:`choose_tile` below).
-        batch_size: tiles per forward pass (halved automatically on out-of-memory).
-        tta: test-time augmentation: ``False``/"none", ``"flips"`` (4), ``True``/"d4" (8 dihedral).
-        blend: ``"none"`` (exact crop-only stitching) or ``"gaussian"`` (overlapping tiles averaged
-            with Gaussian weights, for instance/group-norm models; see :mod:`training.inference.blending`).
-        overlap: with ``blend="gaussian"``, the share of a tile's span its neighbour repeats.
-        sigma_scale: with ``blend="gaussian"``, the Gaussian's sigma as a share of the span.
-        threshold: two-class models: ``"bundle"`` (the bundle's calibrated threshold -- the one
-            calibrated with this ``tta`` mode when the bundle has it -- argmax if it has none),
-            ``None`` (argmax) or a probability in [0, 1]: class 1 where ``p1 >=`` it.
+        options: the :class:`~training.inference.options.InferenceOptions` (tile, batch size,
+            TTA, blending, threshold, device); default: all defaults.
+        **settings: fields of the options given as keywords instead (``tile=572, tta="flips"``),
+            replacing those of ``options``.
+
+    :attr:`options` holds the options resolved for this bundle and device (``tile="auto"``
+    measured, the batch size chosen): a predictor built from them is identical to this one.
     """
 
     def __init__(
-        self,
-        bundle_or_path: Bundle | str | Path | None = None,
-        device: str | torch.device = "auto",
-        tile: int | str | None = None,
-        batch_size: int | None = None,
-        tta: bool | str = False,
-        blend: str = "none",
-        overlap: float = DEFAULT_OVERLAP,
-        sigma_scale: float = DEFAULT_SIGMA_SCALE,
-        threshold: float | str | None = "bundle",
+        self, bundle_or_path: Bundle | str | Path | None = None, options: InferenceOptions | None = None, **settings
     ) -> None:
-        self.blend = check_blend(blend, overlap, sigma_scale)
-        self.overlap = float(overlap)
-        self.sigma_scale = float(sigma_scale)
-        self.device = resolve_device(device)
-        bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path or DEFAULT_BUNDLE)
-        if bundle.info.task != "segmentation" or bundle.info.geometry is None:
-            raise ValueError(f"{bundle.path}: not a segmentation model (task {bundle.info.task!r})")
-        self.bundle = bundle
-        if any(isinstance(m, PER_SAMPLE_NORMS) for m in bundle.model.modules()):
-            warnings.warn(
-                "this model normalises each input with its own statistics (instance/group norm): "
-                "tiles see different statistics than a whole-image pass, so tiled results are not exact"
-                + ("" if self.blend == "gaussian" else "; to hide the seams, blend overlapping tiles with "
-                   "blend='gaussian' (tessera predict --blend gaussian)"),
-                stacklevel=2,
-            )
-        self.model = prepare_model(bundle.model, self.device)
-        mode = tta_mode(tta)
-        self.transforms = TTA_MODES[mode]
-        caveat = tta_caveat(bundle.info, mode)
+        options = InferenceOptions.build(options, **settings)
+        self.device = resolve_device(options.device)
+        self.bundle = segmentation_bundle(bundle_or_path)
+        self._warn_if_inexact(options.blend)
+        self.model = prepare_model(self.bundle.model, self.device)
+        self.transforms = TTA_MODES[options.tta]
+        caveat = tta_caveat(self.info, options.tta)
         if caveat:
             warnings.warn(caveat, stacklevel=2)
-        self.corrections = tta_corrections(bundle.info, self.transforms)
+        self.corrections = tta_corrections(self.info, self.transforms)
         #: The tile geometry: the model's, with the context grown by what the TTA corrections read.
-        self.geometry: TileGeometry = bundle.info.geometry
+        self.geometry: TileGeometry = self.info.geometry
         reach = correction_reach(self.corrections or [])
         if reach:
             self.geometry = dataclasses.replace(self.geometry, halo=self.geometry.context + reach)
-        self.batch_size = batch_size or DEFAULT_BATCH.get(self.device.type, 2)
+        self.batch_size = options.batch_size or DEFAULT_BATCH.get(self.device.type, 2)
         self._runner = BatchRunner(self._forward, self.batch_size)
-        self.tile = self._resolve_tile(tile)
-        if threshold == "bundle":
-            threshold = bundle.info.tta_thresholds.get(mode, bundle.info.threshold)
+        self.tile = self._resolve_tile(options.tile)
+        #: The options resolved: the tile size and batch size as numbers.
+        self.options = options.replace(tile=self.tile, batch_size=self.batch_size)
+        threshold = options.threshold
+        if threshold == BUNDLE_THRESHOLD:
+            threshold = self.info.tta_thresholds.get(options.tta, self.info.threshold)
+        #: The decision threshold in use (a probability), or None for the argmax.
         self.threshold = check_threshold(threshold, self.num_classes)
+
+    def _warn_if_inexact(self, blend: str) -> None:
+        """Warn when the model normalises each input by its own statistics (tiles cannot be exact)."""
+        if any(isinstance(m, PER_SAMPLE_NORMS) for m in self.bundle.model.modules()):
+            warnings.warn(
+                "this model normalises each input with its own statistics (instance/group norm): "
+                "tiles see different statistics than a whole-image pass, so tiled results are not exact"
+                + ("" if blend == "gaussian" else "; to hide the seams, blend overlapping tiles with "
+                   "blend='gaussian' (tessera predict --blend gaussian)"),
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ description
     @property
@@ -163,14 +140,27 @@ class Predictor:
         return self.bundle.info
 
     @property
+    def blend(self) -> str:
+        return self.options.blend
+
+    @property
+    def overlap(self) -> float:
+        return self.options.overlap
+
+    @property
+    def sigma_scale(self) -> float:
+        return self.options.sigma_scale
+
+    @property
     def num_classes(self) -> int:
         return int(self.info.spec.get("num_classes", len(self.info.classes)))
 
     def _resolve_tile(self, tile: int | str | None) -> int:
+        """The tile input size: the bundle's default for None, measured for "auto", checked valid."""
         if tile is None:
             tile = int(self.info.tile.get("input", 0)) or self.geometry.input_size_for(388)
-        if tile == "auto":
-            self.tile_choice = choose_tile(self)
+        if tile == AUTO_TILE:
+            self.tile_choice: TileChoice = choose_tile(self)
             return self.tile_choice.size
         tile = int(tile)
         self.geometry.check_input(tile)
@@ -275,8 +265,6 @@ class Predictor:
         image = np.asarray(image)
         if image.ndim not in (2, 3) or image.shape[0] < 1 or image.shape[1] < 1:
             raise ImageError(f"image shape {image.shape} is not a non-empty (H, W) or (H, W, C) array", "shape")
-        from training.io.images import match_channels
-
         return match_channels(image, self.info.in_channels)
 
     def _check_source(self, source: ArrayLike2D) -> None:
@@ -322,34 +310,7 @@ class Predictor:
         """Batches of tiles with their input windows, prepared by a reader thread ahead of use."""
         tiles = list(grid.tiles(region))
         chunks = [tiles[i : i + self.batch_size] for i in range(0, len(tiles), self.batch_size)]
-        ready: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
-        stop = threading.Event()
-
-        def read() -> None:
-            try:
-                for chunk in chunks:
-                    if stop.is_set():
-                        return
-                    ready.put((chunk, self._windows(source, chunk, stats)))
-                ready.put(None)
-            except BaseException as error:  # handed to the consumer, which re-raises it
-                ready.put(error)
-
-        reader = threading.Thread(target=read, name="tessera-tile-reader", daemon=True)
-        reader.start()
-        try:
-            while (item := ready.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            while reader.is_alive():
-                try:
-                    ready.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-            reader.join()
+        return prefetch(chunks, lambda chunk: self._windows(source, chunk, stats))
 
     def _stream(
         self,
@@ -390,112 +351,11 @@ class Predictor:
             blender.finish()
 
 
-def tta_corrections(info: BundleInfo, transforms: list[tuple[int, bool]]) -> list[tuple[float, float]] | None:
-    """Per test-time view, the move that puts its un-viewed probabilities back where a model
-    trained with ``data.label_offset`` draws labels (:func:`training.data.label_offset.view_correction`);
-    None when there is one view or the labels were centred."""
-    offset = bundle_label_offset(info.provenance)
-    if len(transforms) < 2 or not any(offset):
-        return None
-    return [view_correction(offset, turns, flip) for turns, flip in transforms]
 
-
-def tta_caveat(info: BundleInfo, mode: str) -> str | None:
-    """Why test-time augmentation ``mode`` may cost this bundle accuracy, from its training config
-    (provenance): flips or turns it never trained on. None when it trained on them, or when the
-    bundle does not say. (Labels drawn off-centre are no caveat: :func:`tta_corrections`.)"""
-    if mode == "none":
-        return None
-    config = (info.provenance or {}).get("config", {})
-    if config.get("augment") is None:
-        return None
-    from training.data.augment import read_config
-
-    try:
-        augment = read_config(config["augment"])
-    except (ValueError, OSError):
-        return None
-    unseen = []
-    if augment.get("flip", {}).get("axes") != "both":
-        unseen.append("flips" if "flip" not in augment else "flips on both axes")
-    if mode == "d4" and "rotate90" not in augment:
-        unseen.append("90-degree turns")
-    if not unseen:
-        return None
-    return (f"this model was trained without {' or '.join(unseen)}: test-time augmentation averages in views "
-            "it never saw")
-
-
-def tta_mode(tta: bool | str | None) -> str:
-    """A :data:`TTA_MODES` name from a bool (True: ``d4``) or a mode name; ValueError otherwise."""
-    if tta is True:
-        return "d4"
-    if tta is False or tta is None:
-        return "none"
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)} (or true/false), not {tta!r}")
-    return tta
-
-
-@dataclass
-class TileChoice:
-    """What ``tile="auto"`` measured: the chosen size and output pixels per second per candidate."""
-
-    size: int
-    throughput: dict[int, float] = field(default_factory=dict)
-
-
-def activation_bytes_per_pixel(predictor: "Predictor", probe: int) -> float:
-    """Bytes of layer outputs one input pixel costs in a forward pass, measured with hooks on a
-    ``probe``-sized input (an upper bound of the peak: every intermediate counted)."""
-    total = 0
-
-    def count(_module, _inputs, output) -> None:
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel() * output.element_size()
-
-    hooks = [m.register_forward_hook(count) for m in predictor.model.modules() if not list(m.children())]
-    try:
-        predictor._forward(torch.zeros(1, predictor.info.in_channels, probe, probe))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return total / probe**2 / len(predictor.transforms)
-
-
-def memory_budget(device: torch.device) -> int:
-    """Bytes one batch may use: a share of the free GPU memory or of the available host RAM."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * AUTO_TILE_MEMORY_SHARE)
-    import psutil
-
-    return int(psutil.virtual_memory().available * AUTO_TILE_MEMORY_SHARE)
-
-
-def choose_tile(predictor: "Predictor", budget: int | None = None, candidates=AUTO_TILE_CANDIDATES) -> TileChoice:
-    """Measure output pixels per second (halo included) for valid tile sizes near ``candidates``
-    whose batch fits ``budget`` bytes, and pick the fastest. One warm-up and one timed batch each."""
-    geometry = predictor.geometry
-    budget = budget or memory_budget(predictor.device)
-    per_pixel = activation_bytes_per_pixel(predictor, geometry.input_size_for(2 * geometry.context + 4 * geometry.stride))
-    sizes: list[int] = []
-    for wanted in candidates:
-        size = geometry.input_size_for(max(wanted - 2 * geometry.margin, 1))
-        try:
-            geometry.tile_step(size)
-        except ValueError:
-            continue
-        if size not in sizes and (not sizes or size**2 * predictor.batch_size * per_pixel <= budget):
-            sizes.append(size)
-    throughput: dict[int, float] = {}
-    for size in sizes:
-        batch = torch.zeros(predictor.batch_size, predictor.info.in_channels, size, size)
-        predictor._runner(batch)
-        start = time.perf_counter()
-        predictor._runner(batch)
-        throughput[size] = predictor.batch_size * geometry.tile_step(size) ** 2 / (time.perf_counter() - start)
-    if not throughput:
-        raise ValueError("no valid tile size fits: the model's halo is too large for every candidate")
-    return TileChoice(size=max(throughput, key=throughput.get), throughput=throughput)
+def segmentation_bundle(bundle_or_path: Bundle | str | Path | None) -> Bundle:
+    """The bundle to predict with (loaded if a path; the shipped model for None), or ValueError
+    when it is not a segmentation model."""
+    bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path or DEFAULT_BUNDLE)
+    if bundle.info.task != "segmentation" or bundle.info.geometry is None:
+        raise ValueError(f"{bundle.path}: not a segmentation model (task {bundle.info.task!r})")
+    return bundle

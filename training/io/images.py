@@ -20,6 +20,13 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+#: File suffixes of images a folder of inputs holds (datasets, folder jobs), case-insensitive;
+#: anything else in such a folder (a README, classes.yaml) is not an image.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: File suffixes of TIFF/BigTIFF files: read lazily (:mod:`training.io.readers`), written as tiled
+#: BigTIFF (:mod:`training.io.writers`), taken by gigapixel jobs.
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+
 #: Default cap on decoded pixels (height x width) for one image: 2**31, about a 46k x 46k slide.
 #: Larger images belong in a TIFF/zarr read lazily by the tiler.
 DEFAULT_MAX_PIXELS = 2**31

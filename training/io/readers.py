@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.io.images import DEFAULT_MAX_PIXELS, ImageError, match_channels, read_image
+from training.io.images import DEFAULT_MAX_PIXELS, TIFF_SUFFIXES, ImageError, match_channels, read_image
 from training.mirror import ArrayLike2D
 
-#: File suffixes read lazily, by kind.
-TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+#: File suffixes read lazily: TIFF (:data:`training.io.images.TIFF_SUFFIXES`) and zarr.
 ZARR_SUFFIXES = (".zarr",)
 #: Pixel types a source may have (what decoding produces, plus what lazy files commonly hold).
 SOURCE_DTYPES = (np.uint8, np.uint16, np.float32, np.int8, np.int16, np.uint32, np.int32, np.float64, np.float16)

@@ -15,7 +15,7 @@ Stored values:
 Formats, chosen by :func:`open_sink` from the suffix:
 
 * ``.zarr`` -- zarr v3, chunks on the tile grid (one chunk per tile, written as it completes);
-* ``.tif`` / ``.tiff`` -- tiled, zlib-compressed BigTIFF streamed in row bands (probabilities
+* ``.tif`` / ``.tiff`` (``.btf``, ``.tf8``) -- tiled, zlib-compressed BigTIFF streamed in row bands (probabilities
   stored channels-last ``(H, W, K)``); memory is a few bands of the image width;
 * ``.npy`` -- a memory-mapped numpy file;
 * ``.png`` -- labels only, for small outputs (held in memory, encoded at the end; uint8 as 8-bit
@@ -35,11 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from training.io.images import TIFF_SUFFIXES
+
 Box = tuple[int, int, int, int]
 
 #: Suffixes :func:`open_sink` understands.
 ZARR_SUFFIX = ".zarr"
-TIFF_SUFFIXES = (".tif", ".tiff")
 NPY_SUFFIX = ".npy"
 PNG_SUFFIX = ".png"
 #: Edge of the square tiles inside written TIFF files (a multiple of 16, as TIFF requires).

@@ -1,0 +1,103 @@
+"""The finished output of a gigapixel job: an OME-Zarr label image (zarr v3, NGFF 0.5).
+
+* ``0``, ``1``, ... -- the label map and its pyramid, each level half the previous one (nearest
+  sample: class indices are never averaged), down to one chunk; axes ``y, x``; ``image-label``
+  metadata names the classes and their colours;
+* ``probabilities/0``, ``probabilities/1``, ... -- ``(K, H, W)`` uint8 ``round(255 p)``, axes
+  ``c, y, x``, same pyramid rule;
+* optionally the full-resolution labels as a tiled BigTIFF, streamed in row bands.
+
+zarr, dask and ome-zarr are imported where they are used: ``tessera --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from training.io.overlay import PALETTE
+from training.io.writers import open_sink
+
+#: The probabilities image inside the output.
+PROBABILITIES = "probabilities"
+#: OME-NGFF axes of the label and probability images.
+SPACE_AXES = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+CHANNEL_AXIS = {"name": "c", "type": "channel"}
+
+
+def pyramid_levels(height: int, width: int, chunks: tuple[int, int]) -> list[tuple[int, int]]:
+    """Shapes of the pyramid levels: halved (rounding up) until one chunk holds the level."""
+    levels = [(height, width)]
+    while levels[-1][0] > chunks[0] or levels[-1][1] > chunks[1]:
+        h, w = levels[-1]
+        levels.append((-(-h // 2), -(-w // 2)))
+    return levels
+
+
+def build_pyramid(group, chunks: tuple[int, int], client) -> int:
+    """Write levels ``1..n`` of ``group`` from level ``0``, each the previous one's every other
+    pixel (nearest: exact for class indices), through dask (on the cluster if there is one)."""
+    import dask.array as da
+
+    base = group["0"]
+    shape = base.shape[-2:]
+    levels = pyramid_levels(*shape, chunks)
+    lead = base.shape[:-2]
+    for level in range(1, len(levels)):
+        previous = da.from_zarr(group[str(level - 1)])
+        halved = previous[..., ::2, ::2].rechunk((*lead, *chunks))
+        target = group.create_array(str(level), shape=(*lead, *levels[level]), chunks=(*lead, *chunks), dtype=base.dtype,
+                                    fill_value=0, dimension_names=base.metadata.dimension_names, overwrite=True)
+        if client is None:
+            da.store(halved, target, lock=False, scheduler="synchronous")
+        else:
+            client.compute(da.store(halved, target, lock=False, compute=False)).result()
+    return len(levels)
+
+
+def write_metadata(group, name: str, levels: int, axes: list[dict]) -> None:
+    """OME-NGFF 0.5 multiscales metadata through ome-zarr (scale 2**level on y and x)."""
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_multiscales_metadata
+
+    lead = [1.0] * (len(axes) - 2)
+    datasets = [
+        {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [*lead, 2.0**level, 2.0**level]}]}
+        for level in range(levels)
+    ]
+    write_multiscales_metadata(group, datasets, fmt=FormatV05(), axes=axes, name=name)
+
+
+def write_label_image(group, name: str, chunks: tuple[int, int], classes: list[str], probabilities: bool,
+                      attributes: dict, client) -> int:
+    """Turn a group holding the full-resolution labels (and probabilities) into the OME-Zarr label
+    image: pyramids, multiscales and ``image-label`` metadata, ``attributes`` under ``tessera``.
+    Returns the number of pyramid levels."""
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import add_metadata
+
+    levels = build_pyramid(group, chunks, client)
+    write_metadata(group, name, levels, SPACE_AXES)
+    add_metadata(group, {"image-label": {
+        "version": FormatV05().version,
+        "colors": [{"label-value": i, "rgba": [*map(int, PALETTE[i % len(PALETTE)]), 255]} for i in range(1, len(classes))],
+        "properties": [{"label-value": i, "class": label} for i, label in enumerate(classes)],
+    }}, fmt=FormatV05())
+    group.attrs["tessera"] = attributes
+    if probabilities:
+        build_pyramid(group[PROBABILITIES], chunks, client)
+        write_metadata(group[PROBABILITIES], PROBABILITIES, levels, [CHANNEL_AXIS, *SPACE_AXES])
+    return levels
+
+
+def write_tiff(store: Path, path: Path, rows: int) -> None:
+    """Stream the full-resolution labels of an OME-Zarr into a tiled BigTIFF, ``rows`` at a time."""
+    import zarr
+
+    labels = zarr.open_array(str(store / "0"), mode="r")
+    height, width = labels.shape
+    with open_sink(path, (height, width), labels.dtype) as sink:
+        for y0 in range(0, height, rows):
+            y1 = min(y0 + rows, height)
+            sink.write((y0, y1, 0, width), np.asarray(labels[y0:y1, :]))

@@ -1,0 +1,158 @@
+"""Running a gigapixel job: plan, resume or start the partial output, compute the pending chunks
+with a runner, then write the OME-Zarr and move it into place (see :mod:`service.batch.gigapixel`)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from service.batch.files import job_lock, sweep_temporaries
+from service.batch.gigapixel.graph import padded_input, window_work
+from service.batch.gigapixel.omezarr import PROBABILITIES, pyramid_levels, write_label_image, write_tiff
+from service.batch.gigapixel.plan import GigapixelJob, plan_chunks
+from service.batch.gigapixel.state import (
+    DONE_FOLDER,
+    JOB_FILE,
+    PARTIAL_SUFFIX,
+    gigapixel_key,
+    is_complete,
+    marker,
+    open_partial,
+    output_stem,
+)
+from service.batch.scheduler import PredictorSpec
+from training.io.readers import fit_channels, open_image
+from training.io.writers import move_into_place
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class GigapixelReport:
+    """What a gigapixel job did."""
+
+    src: str
+    dst: str
+    output: str
+    scheduler: str
+    tiff: str | None = None
+    shape: list[int] = field(default_factory=list)
+    chunk: list[int] = field(default_factory=list)
+    chunks: int = 0
+    computed: int = 0
+    resumed: int = 0
+    complete_before: bool = False
+    levels: int = 0
+    seconds: float = 0.0
+    kind: str = "gigapixel"
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def run_gigapixel(
+    src: str | Path,
+    dst: str | Path,
+    spec: PredictorSpec,
+    predictor,
+    runner,
+    probabilities: bool = False,
+    tiff: bool = False,
+    chunk: int | None = None,
+    max_pixels: int | None = None,
+    progress: Progress | None = None,
+) -> GigapixelReport:
+    """Run a gigapixel job with ``runner``; ``predictor`` (built from ``spec`` in this process)
+    plans the grid and computes the normalisation statistics."""
+    started = time.perf_counter()
+    src, root = Path(src), Path(dst)
+    stem = output_stem(src)
+    output, tiff_path = root / f"{stem}.zarr", (root / f"{stem}.tif" if tiff else None)
+    if output.resolve() == src.resolve() or (tiff_path is not None and tiff_path.resolve() == src.resolve()):
+        raise ValueError(f"{src}: the output would overwrite the input; choose another DST")
+    report = GigapixelReport(src=str(src), dst=str(root), output=str(output), scheduler=runner.description,
+                             tiff=str(tiff_path) if tiff_path else None)
+    with job_lock(root):
+        sweep_temporaries(root)
+        source = fit_channels(open_image(src, max_pixels=max_pixels), predictor.info.in_channels)
+        height, width = (int(n) for n in source.shape[:2])
+        plan, chunks = plan_chunks(predictor, height, width, chunk)
+        key = gigapixel_key(spec, src, (height, width), chunks, probabilities)
+        report.shape, report.chunk = [height, width], list(chunks)
+        if is_complete(output, key):
+            report_complete(report, output, tiff_path)
+        else:
+            partial = root / f".{output.name}{PARTIAL_SUFFIX}"
+            job = open_partial(partial, key, src, source, predictor, plan, chunks, probabilities, max_pixels)
+            compute_pending(job, spec, runner, report, progress)
+            report.levels = finish(partial, output, job, spec, predictor, key, tiff_path, runner.client)
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def report_complete(report: GigapixelReport, output: Path, tiff_path: Path | None) -> None:
+    """Account for an output this very job already finished (writing the BigTIFF if it was
+    asked for only now)."""
+    height, width = report.shape
+    chunks = tuple(report.chunk)
+    report.complete_before = True
+    report.levels = len(pyramid_levels(height, width, chunks))
+    report.chunks = -(-height // chunks[0]) * -(-width // chunks[1])
+    report.resumed = report.chunks
+    if tiff_path is not None and not tiff_path.exists():
+        write_tiff(output, tiff_path, chunks[0])
+
+
+def compute_pending(job: GigapixelJob, spec: PredictorSpec, runner, report: GigapixelReport,
+                    progress: Progress | None) -> None:
+    """Compute the chunks without a done-marker with ``runner``; RuntimeError if any is left."""
+    partial = Path(job.partial)
+    indices = job.chunks()
+    pending = [i for i in indices if not marker(partial, i).exists()]
+    report.chunks, report.resumed = len(indices), len(indices) - len(pending)
+    if progress is not None:
+        progress(report.resumed, len(indices))
+
+    def written(_result) -> None:
+        report.computed += 1
+        if progress is not None:
+            progress(report.resumed + report.computed, len(indices))
+
+    runner.compute(window_work(padded_input(job), job, spec, pending), written)
+    missing = [i for i in indices if not marker(partial, i).exists()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} chunk(s) have no done-marker after the run; rerun the job")
+
+
+def finish(partial: Path, output: Path, job: GigapixelJob, spec: PredictorSpec, predictor, key: str,
+           tiff_path: Path | None, client) -> int:
+    """Zarr temporaries of killed writers removed; pyramid, metadata, optional BigTIFF; then
+    markers removed and the output renamed in place. Returns the number of pyramid levels."""
+    import zarr  # lazy, like every zarr import of the job: keeps `tessera --help` fast
+
+    sweep_temporaries(partial)
+    options = spec.options
+    attributes = {
+        "job": key, "bundle_sha256": spec.sha256, "tile": options.tile, "tta": options.tta,
+        "classes": list(predictor.info.classes), "threshold": predictor.threshold, "chunk": list(job.chunk),
+        "values": "class index",
+        **({"blend": {"mode": options.blend, "overlap": options.overlap, "sigma_scale": options.sigma_scale}}
+           if options.blend != "none" else {}),
+        **({"probabilities": {"path": PROBABILITIES, "values": "round(255 p)", "scale": 1 / 255}} if job.probabilities else {}),
+    }
+    group = zarr.open_group(str(partial), mode="r+")
+    levels = write_label_image(group, output_stem(output), job.chunk, list(predictor.info.classes), job.probabilities,
+                               attributes, client)
+    if tiff_path is not None:
+        write_tiff(partial, tiff_path, job.chunk[0])
+    shutil.rmtree(partial / DONE_FOLDER)
+    (partial / JOB_FILE).unlink()
+    move_into_place(partial, output)
+    return levels
