@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +45,15 @@ import torch
 
 from training.bundle import DEFAULT_BUNDLE, Bundle, BundleInfo, load_bundle
 from training.data.label_offset import correction_reach, shift_maps
-from training.device import BatchRunner, autocast, prepare_model, resolve_device
+from training.device import BatchRunner, autocast, autocast_dtype, prepare_model, resolve_device
 from training.geometry import TileGeometry
 from training.inference.autotile import TileChoice, choose_tile
 from training.inference.blending import BandBlender
 from training.inference.decision import check_threshold, decide
+from training.inference.halo import override_note, preset_halo
 from training.inference.options import AUTO_TILE, BUNDLE_THRESHOLD, InferenceOptions
 from training.inference.prefetch import prefetch
+from training.inference.tilefit import fit_tile
 from training.inference.tiling import Box, Tile, TileGrid, check_region
 from training.inference.tta import TTA_MODES, tta_caveat, tta_corrections
 from training.io.images import ImageError, match_channels
@@ -107,16 +110,23 @@ class Predictor:
         if caveat:
             warnings.warn(caveat, stacklevel=2)
         self.corrections = tta_corrections(self.info, self.transforms)
-        #: The tile geometry: the model's, with the context grown by what the TTA corrections read.
-        self.geometry: TileGeometry = self.info.geometry
+        #: The tile geometry: the model's (with the halo ``options.halo`` asks for), the context
+        #: grown by what the TTA corrections read.
+        self.geometry: TileGeometry = self._resolve_halo(options.halo)
+        self.precision = options.precision
+        autocast_dtype(self.device, self.precision)  # float16 on the CPU: ValueError here
         reach = correction_reach(self.corrections or [])
         if reach:
             self.geometry = dataclasses.replace(self.geometry, halo=self.geometry.context + reach)
         self.batch_size = options.batch_size or DEFAULT_BATCH.get(self.device.type, 2)
         self._runner = BatchRunner(self._forward, self.batch_size)
-        self.tile = self._resolve_tile(options.tile)
-        #: The options resolved: the tile size and batch size as numbers.
-        self.options = options.replace(tile=self.tile, batch_size=self.batch_size)
+        self.tile = self._resolve_tile(options.tile, options.tile_rates)
+        #: The options resolved: the tile size and batch size as numbers, or with a tile chosen per
+        #: image the measured rates it is chosen from.
+        if self.tile_rates is None:
+            self.options = options.replace(tile=self.tile, batch_size=self.batch_size)
+        else:
+            self.options = options.replace(tile=AUTO_TILE, batch_size=self.batch_size, tile_rates=self.tile_rates)
         threshold = options.threshold
         if threshold == BUNDLE_THRESHOLD:
             threshold = self.info.tta_thresholds.get(options.tta, self.info.threshold)
@@ -155,23 +165,58 @@ class Predictor:
     def num_classes(self) -> int:
         return int(self.info.spec.get("num_classes", len(self.info.classes)))
 
-    def _resolve_tile(self, tile: int | str | None) -> int:
-        """The tile input size: the bundle's default for None, measured for "auto", checked valid."""
+    def _resolve_halo(self, halo: int | str | None) -> TileGeometry:
+        """The bundle's geometry with the halo ``halo`` asks for (see
+        :class:`~training.inference.options.InferenceOptions`), warning when a number overrides
+        the measured one or a preset falls back to the impulse-response radius."""
+        geometry = self.info.geometry
+        if halo is None:
+            return geometry
+        if geometry.padding != "same":
+            raise ValueError("halo applies to same-padded networks; a valid U-Net's tiles read its margin "
+                             f"({geometry.margin} px) and are exact")
+        if isinstance(halo, str):
+            halo, note = preset_halo(self.info, halo)
+        elif halo != geometry.halo:
+            note = override_note(self.info.halo, halo)
+        else:
+            note = None
+        if note:
+            warnings.warn(note, stacklevel=3)
+        return dataclasses.replace(geometry, halo=int(halo))
+
+    def _resolve_tile(self, tile: int | str | None, rates: tuple[tuple[int, float], ...] | None) -> int:
+        """The tile input size: checked valid when given; for ``"auto"`` (and ``None`` with a
+        same-padded network) chosen per image from measured rates (:meth:`tile_for`), this
+        being the fastest per output pixel; for ``None`` otherwise the bundle's default."""
+        self.tile_rates: tuple[tuple[int, float], ...] | None = None
+        if tile == AUTO_TILE or (tile is None and self.geometry.padding == "same"):
+            if rates is None:
+                rates = tuple(sorted(measured_rates(self).items()))
+            self.tile_rates = rates
+            throughput = dict(rates)
+            self.tile_choice: TileChoice = TileChoice(size=max(throughput, key=throughput.get), throughput=throughput)
+            return self.tile_choice.size
         if tile is None:
             tile = int(self.info.tile.get("input", 0)) or self.geometry.input_size_for(388)
-        if tile == AUTO_TILE:
-            self.tile_choice: TileChoice = choose_tile(self)
-            return self.tile_choice.size
         tile = int(tile)
         self.geometry.check_input(tile)
         self.geometry.tile_step(tile)
         return tile
 
+    def tile_for(self, height: int, width: int) -> int:
+        """The tile input size for a ``height x width`` image: :attr:`tile`, or with measured rates
+        the size whose grid on this image is predicted fastest
+        (:func:`training.inference.tilefit.fit_tile`: speed per output pixel and grid waste)."""
+        if self.tile_rates is None:
+            return self.tile
+        return fit_tile(self.geometry, dict(self.tile_rates), height, width).size
+
     def grid(self, height: int, width: int) -> TileGrid:
         """The tile grid this predictor uses for a ``height x width`` image (overlapping tiles
         when blending)."""
         overlap = self.overlap if self.blend == "gaussian" else 0.0
-        return TileGrid.plan(self.geometry, height, width, self.tile, overlap)
+        return TileGrid.plan(self.geometry, height, width, self.tile_for(height, width), overlap)
 
     # ------------------------------------------------------------------ public API
     def statistics(self, source: ArrayLike2D) -> Stats:
@@ -280,7 +325,7 @@ class Predictor:
         """Probabilities ``(N, K, h, w)`` float32 on the CPU for a normalised batch, TTA averaged."""
         batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
         total = None
-        with torch.inference_mode(), autocast(self.device):
+        with torch.inference_mode(), autocast(self.device, self.precision):
             for view, (turns, flip) in enumerate(self.transforms):
                 x = torch.rot90(batch.flip(-1) if flip else batch, turns, dims=(-2, -1))
                 y = self._activation(self.model(x).float())
@@ -359,3 +404,18 @@ def segmentation_bundle(bundle_or_path: Bundle | str | Path | None) -> Bundle:
     if bundle.info.task != "segmentation" or bundle.info.geometry is None:
         raise ValueError(f"{bundle.path}: not a segmentation model (task {bundle.info.task!r})")
     return bundle
+
+
+#: Tile rates measured in this process, per model: a predictor built again for the same model,
+#: device, batch, geometry, views and precision reuses them (measuring takes seconds).
+_RATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def measured_rates(predictor: Predictor) -> dict[int, float]:
+    """Output pixels per second of each candidate tile size for this predictor
+    (:func:`training.inference.autotile.choose_tile`), measured once per process and setting."""
+    key = (str(predictor.device), predictor.batch_size, predictor.geometry, len(predictor.transforms), predictor.precision)
+    cache = _RATES.setdefault(predictor.model, {})
+    if key not in cache:
+        cache[key] = dict(choose_tile(predictor).throughput)
+    return cache[key]
