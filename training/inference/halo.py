@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from training.bundle import Bundle, BundleInfo
+from training.geometry import TileGeometry
 
 #: Preset name -> share of pixels whose label may differ from the whole-image pass.
 HALO_PRESETS: dict[str, float] = {"default": 1e-3, "exact": 1e-4}
@@ -229,3 +230,21 @@ def measure_bundle_halo(
         images = mosaic(images, SCAN_MOSAIC)
     scan = scan_halos(bundle, images, tiles=tiles, device=device)
     return Bundle(model=bundle.model, info=with_scan(bundle.info, scan), path=bundle.path)
+
+
+def resolve_halo(info: BundleInfo, halo: int | str | None) -> tuple[TileGeometry, str | None]:
+    """The bundle's geometry with the halo ``halo`` asks for (None: the bundle's; a preset name;
+    pixels) and the warning it deserves: a number overriding the measured halo, or a preset falling
+    back to the impulse-response radius. ValueError for a valid U-Net (its context is its margin)."""
+    geometry = info.geometry
+    if halo is None:
+        return geometry, None
+    if geometry.padding != "same":
+        raise ValueError("halo applies to same-padded networks; a valid U-Net's tiles read its margin "
+                         f"({geometry.margin} px) and are exact")
+    note = None
+    if isinstance(halo, str):
+        halo, note = preset_halo(info, halo)
+    elif halo != geometry.halo:
+        note = override_note(info.halo, halo)
+    return dataclasses.replace(geometry, halo=int(halo)), note

@@ -50,7 +50,7 @@ from training.geometry import TileGeometry
 from training.inference.autotile import TileChoice, choose_tile
 from training.inference.blending import BandBlender
 from training.inference.decision import check_threshold, decide
-from training.inference.halo import override_note, preset_halo
+from training.inference.halo import resolve_halo
 from training.inference.options import AUTO_TILE, BUNDLE_THRESHOLD, InferenceOptions
 from training.inference.prefetch import prefetch
 from training.inference.tilefit import fit_tile
@@ -112,7 +112,10 @@ class Predictor:
         self.corrections = tta_corrections(self.info, self.transforms)
         #: The tile geometry: the model's (with the halo ``options.halo`` asks for), the context
         #: grown by what the TTA corrections read.
-        self.geometry: TileGeometry = self._resolve_halo(options.halo)
+        self.geometry: TileGeometry
+        self.geometry, note = resolve_halo(self.info, options.halo)
+        if note:
+            warnings.warn(note, stacklevel=2)
         self.precision = options.precision
         autocast_dtype(self.device, self.precision)  # float16 on the CPU: ValueError here
         reach = correction_reach(self.corrections or [])
@@ -164,26 +167,6 @@ class Predictor:
     @property
     def num_classes(self) -> int:
         return int(self.info.spec.get("num_classes", len(self.info.classes)))
-
-    def _resolve_halo(self, halo: int | str | None) -> TileGeometry:
-        """The bundle's geometry with the halo ``halo`` asks for (see
-        :class:`~training.inference.options.InferenceOptions`), warning when a number overrides
-        the measured one or a preset falls back to the impulse-response radius."""
-        geometry = self.info.geometry
-        if halo is None:
-            return geometry
-        if geometry.padding != "same":
-            raise ValueError("halo applies to same-padded networks; a valid U-Net's tiles read its margin "
-                             f"({geometry.margin} px) and are exact")
-        if isinstance(halo, str):
-            halo, note = preset_halo(self.info, halo)
-        elif halo != geometry.halo:
-            note = override_note(self.info.halo, halo)
-        else:
-            note = None
-        if note:
-            warnings.warn(note, stacklevel=3)
-        return dataclasses.replace(geometry, halo=int(halo))
 
     def _resolve_tile(self, tile: int | str | None, rates: tuple[tuple[int, float], ...] | None) -> int:
         """The tile input size: checked valid when given; for ``"auto"`` (and ``None`` with a
