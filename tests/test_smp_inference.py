@@ -116,3 +116,9 @@ def test_predict_cli_takes_halo_and_precision_and_warns_on_an_override(smp, tmp_
     written = read_image(tmp_path / "exact.png")
     assert np.array_equal(written > 0, expected > 0)
     assert main([*args, "-o", str(tmp_path / "x.png"), "--halo", "wide"]) == 2
+
+
+def test_a_scanned_bundle_chooses_among_tiles_no_smaller_than_it_scanned(smp):
+    scan = dataclasses.replace(SCAN, tiles=[512, 768])
+    predictor = Predictor(Bundle(model=smp.model, info=with_scan(smp.info, scan)), device="cpu", tile="auto")
+    assert min(dict(predictor.tile_rates)) == 512 and 768 in dict(predictor.tile_rates)

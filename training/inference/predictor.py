@@ -47,7 +47,7 @@ from training.bundle import DEFAULT_BUNDLE, Bundle, BundleInfo, load_bundle
 from training.data.label_offset import correction_reach, shift_maps
 from training.device import BatchRunner, autocast, autocast_dtype, prepare_model, resolve_device
 from training.geometry import TileGeometry
-from training.inference.autotile import TileChoice, choose_tile
+from training.inference.autotile import AUTO_TILE_CANDIDATES, TileChoice, choose_tile
 from training.inference.blending import BandBlender
 from training.inference.decision import check_threshold, decide
 from training.inference.halo import resolve_halo
@@ -396,9 +396,13 @@ _RATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def measured_rates(predictor: Predictor) -> dict[int, float]:
     """Output pixels per second of each candidate tile size for this predictor
-    (:func:`training.inference.autotile.choose_tile`), measured once per process and setting."""
+    (:func:`training.inference.autotile.choose_tile`), measured once per process and setting. A
+    bundle whose halo was scanned (:mod:`training.inference.halo`) only gets tiles at least as
+    large as the smallest scanned one: smaller tiles would agree less than measured."""
     key = (str(predictor.device), predictor.batch_size, predictor.geometry, len(predictor.transforms), predictor.precision)
     cache = _RATES.setdefault(predictor.model, {})
     if key not in cache:
-        cache[key] = dict(choose_tile(predictor).throughput)
+        smallest = min(predictor.info.halo.get("tiles") or [0])
+        candidates = [c for c in AUTO_TILE_CANDIDATES if c >= smallest] or [smallest]
+        cache[key] = dict(choose_tile(predictor, candidates=candidates).throughput)
     return cache[key]
