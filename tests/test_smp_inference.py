@@ -122,3 +122,23 @@ def test_a_scanned_bundle_chooses_among_tiles_no_smaller_than_it_scanned(smp):
     scan = dataclasses.replace(SCAN, tiles=[512, 768])
     predictor = Predictor(Bundle(model=smp.model, info=with_scan(smp.info, scan)), device="cpu", tile="auto")
     assert min(dict(predictor.tile_rates)) == 512 and 768 in dict(predictor.tile_rates)
+
+
+def test_a_gigapixel_job_with_a_per_image_tile_equals_the_in_process_prediction(smp, tmp_path):
+    """Chunks are computed one by one, each by a predictor rebuilt from the job's resolved options
+    (tile "auto" with the measured rates): the tile chosen for the whole image, the same bytes."""
+    import zarr
+
+    from service.batch import segment_gigapixel
+    from tests.batch_support import make_slide
+    from training.bundle import save_bundle
+
+    path = save_bundle(tmp_path / "smp.safetensors", smp.model, smp.info)
+    pixels = make_slide(tmp_path / "slide.tif", 300, 260)
+    rates = {64: 1e6, 96: 1.4e6}
+    report = segment_gigapixel(path, tmp_path / "slide.tif", tmp_path / "out", chunk=128, tile_rates=rates)
+    predictor = Predictor(path, device="cpu", tile_rates=rates)
+    expected = predictor.predict(pixels).labels
+    group = zarr.open_group(str(tmp_path / "out" / "slide.zarr"), mode="r")
+    np.testing.assert_array_equal(group["0"][:], expected)
+    assert report.ok and group.attrs["tessera"]["tile"] == predictor.tile_for(300, 260) == 96
