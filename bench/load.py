@@ -27,7 +27,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.service_support import ISBI_SLICE, serve  # noqa: E402
+from tests.support.paths import ISBI_SLICE  # noqa: E402
+from tests.support.server import serve  # noqa: E402
 from training.bundle import DEFAULT_BUNDLE  # noqa: E402
 from training.device import set_cpu_threads  # noqa: E402
 from training.io.images import read_image  # noqa: E402

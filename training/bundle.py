@@ -33,8 +33,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from training.inference.decision import check_threshold
+from training.errors import TesseraError
 from training.geometry import TileGeometry
+from training.inference.decision import check_threshold
 from training.models import build_model, measure_halo
 from training.normalization import Normalization
 
@@ -47,7 +48,7 @@ SUFFIX = ".safetensors"
 BUNDLE_MODE = 0o644
 
 
-class BundleError(ValueError):
+class BundleError(TesseraError):
     """A file that is not a loadable Tessera bundle; the message names the file and the reason."""
 
 
@@ -127,7 +128,7 @@ def save_bundle(path: str | Path, model: nn.Module, info: BundleInfo) -> Path:
     """Write ``model``'s weights and ``info`` to ``path`` atomically (temporary file, rename)."""
     path = Path(path)
     if path.suffix != SUFFIX:
-        raise ValueError(f"{path}: bundle files end in {SUFFIX}")
+        raise BundleError(f"{path}: bundle files end in {SUFFIX}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {METADATA_KEY: json.dumps(info.to_dict())}

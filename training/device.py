@@ -23,6 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from training.errors import OptionError
+
 #: Phrases of the errors PyTorch raises when an allocation fails (CUDA and the CPU allocator).
 OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
@@ -33,7 +35,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available here")
+        raise OptionError(f"device {device!r} requested but CUDA is not available here")
     return resolved
 
 
@@ -62,13 +64,13 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     ``"float16"`` needs CUDA (the CPU has no fast fp16 convolutions).
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "auto":
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if precision == "float16" and device.type != "cuda":
-        raise ValueError("precision 'float16' needs a CUDA device; on the CPU use 'bfloat16' or 'float32'")
+        raise OptionError("precision 'float16' needs a CUDA device; on the CPU use 'bfloat16' or 'float32'")
     return PRECISIONS[precision]
 
 
@@ -106,7 +108,7 @@ class BatchRunner:
 
     def __init__(self, function: Callable[[torch.Tensor], torch.Tensor], size: int) -> None:
         if size < 1:
-            raise ValueError(f"batch size must be >= 1, not {size}")
+            raise OptionError(f"batch size must be >= 1, not {size}")
         self.function = function
         self.size = size
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from training.errors import OptionError, TesseraError
+
 Padding = Literal["valid", "same"]
 
 #: Pixels one valid 3x3 convolution removes per side.
@@ -30,7 +32,7 @@ CONVS_PER_LEVEL = 2
 LEVEL_LOSS = 2 * CONV_LOSS * CONVS_PER_LEVEL
 
 
-class InvalidSizeError(ValueError):
+class InvalidSizeError(TesseraError):
     """An input size the network cannot take; the message names the nearest valid sizes."""
 
 
@@ -56,11 +58,11 @@ class TileGeometry:
 
     def __post_init__(self) -> None:
         if self.padding not in ("valid", "same"):
-            raise ValueError(f"padding must be 'valid' or 'same', not {self.padding!r}")
+            raise OptionError(f"padding must be 'valid' or 'same', not {self.padding!r}")
         if self.padding == "valid" and self.kind != "unet":
-            raise ValueError("valid padding is only defined for the classic U-Net")
+            raise OptionError("valid padding is only defined for the classic U-Net")
         if self.depth < 0:
-            raise ValueError(f"depth must be >= 0, not {self.depth}")
+            raise OptionError(f"depth must be >= 0, not {self.depth}")
         if self.halo < 0:
             object.__setattr__(self, "halo", self.margin)
 
@@ -138,7 +140,7 @@ class TileGeometry:
     def input_size_for(self, output_size: int) -> int:
         """Smallest valid input whose output covers ``output_size`` pixels (388 -> 572)."""
         if output_size < 1:
-            raise ValueError(f"output size must be >= 1, not {output_size}")
+            raise InvalidSizeError(f"output size must be >= 1, not {output_size}")
         size = self.min_input
         if size - 2 * self.margin < output_size:
             steps = -(-(output_size + 2 * self.margin - size) // self.stride)

@@ -21,6 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
+from training.errors import OptionError
+
 #: The numpy name of our mirror mode; OpenCV / albumentations call it BORDER_REFLECT_101.
 NUMPY_MODE = "reflect"
 
@@ -69,7 +71,7 @@ class PaddedImage:
         r0, c0 = y0 - self.origin[0], x0 - self.origin[1]
         r1, c1 = r0 + y1 - y0, c0 + x1 - x0
         if r0 < 0 or c0 < 0 or r1 > self.block.shape[0] or c1 > self.block.shape[1]:
-            raise ValueError(
+            raise OptionError(
                 f"window rows {y0}..{y1}, columns {x0}..{x1} is not inside the padded block "
                 f"(rows {self.origin[0]}..{self.origin[0] + self.block.shape[0]}, "
                 f"columns {self.origin[1]}..{self.origin[1] + self.block.shape[1]})"

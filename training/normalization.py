@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 
+from training.errors import OptionError
 from training.mirror import ArrayLike2D
 
 #: Rows read at a time when streaming statistics over a large image (fewer for wide images).
@@ -48,7 +49,7 @@ class Normalization:
 
     def __post_init__(self) -> None:
         if self.mode not in ("image", "fixed"):
-            raise ValueError(f"normalisation mode must be 'image' or 'fixed', not {self.mode!r}")
+            raise OptionError(f"normalisation mode must be 'image' or 'fixed', not {self.mode!r}")
 
     def statistics(self, image: ArrayLike2D) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (mean, std) to use for ``image`` ``(H, W[, C])``, streamed for ``image`` mode."""

@@ -25,8 +25,14 @@ from typing import Any
 
 from service.batch.folder import FolderOptions, FolderReport, Progress, run_folder
 from service.batch.gigapixel import GigapixelReport, is_gigapixel_source, run_gigapixel
-from service.batch.scheduler import IN_PROCESS, PredictorSpec, open_runner, parse_scheduler
+from service.batch.scheduler import (
+    IN_PROCESS,
+    PredictorSpec,
+    open_runner,
+    parse_scheduler,
+)
 from training.bundle import DEFAULT_BUNDLE, file_sha256
+from training.errors import OptionError
 from training.inference.options import InferenceOptions
 from training.inference.predictor import Predictor
 from training.io.images import DEFAULT_MAX_PIXELS
@@ -90,7 +96,7 @@ def segment_gigapixel(
     ``options`` / ``settings`` as for :func:`segment_folder` (blending included)."""
     parse_scheduler(scheduler)
     if not is_gigapixel_source(src):
-        raise ValueError(f"{src}: not an existing TIFF/BigTIFF or zarr image")
+        raise OptionError(f"{src}: not an existing TIFF/BigTIFF or zarr image")
     spec, predictor = prepare(bundle, options, **settings)
     runner = open_runner(scheduler, spec, predictor)
     try:

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from training.errors import TesseraError
 from training.io.writers import move_into_place, remove, temporary_path
 
 #: Names of the temporaries :func:`training.io.writers.temporary_path` makes (mkstemp's 8 letters).
@@ -33,7 +34,7 @@ ZARR_TEMPORARY_NAME = re.compile(r"^.+\.[0-9a-f]{32}\.partial$")
 LOCK_NAME = ".tessera-batch.lock"
 
 
-class UnsafeNameError(ValueError):
+class UnsafeNameError(TesseraError):
     """An output name that would be written outside DST."""
 
 
@@ -99,7 +100,7 @@ def job_lock(root: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"{root}: another batch job is writing to this folder") from None
+            raise TesseraError(f"{root}: another batch job is writing to this folder") from None
         yield
     finally:
         handle.close()

@@ -34,11 +34,19 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from service.batch.files import UnsafeNameError, atomic_write, inside, job_lock, safe_relative, sweep_temporaries
+from service.batch.files import (
+    UnsafeNameError,
+    atomic_write,
+    inside,
+    job_lock,
+    safe_relative,
+    sweep_temporaries,
+)
 from service.batch.jobkey import job_key
 from service.batch.manifest import MANIFEST_NAME, Manifest
 from service.batch.scheduler import PredictorSpec, predictor_for
 from training.bundle import file_sha256
+from training.errors import OptionError, TesseraError
 from training.io.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError
 from training.io.overlay import overlay
 from training.io.readers import open_image
@@ -119,7 +127,7 @@ def list_inputs(src: str, dst: Path) -> tuple[list[tuple[str, Path]], list[tuple
         return _checked(pairs)
     root = Path(src)
     if not root.is_dir():
-        raise ValueError(f"{src}: not a folder, a glob pattern, a listing (.txt) or an existing image")
+        raise OptionError(f"{src}: not a folder, a glob pattern, a listing (.txt) or an existing image")
     pairs = []
     dst_resolved = dst.resolve()
     for folder, directories, files in os.walk(root):
@@ -184,7 +192,7 @@ def plan_items(inputs: list[tuple[str, Path]], dst: Path, options: FolderOptions
         outputs = output_names(name, options)
         for output in outputs.values():
             if output in owners:
-                raise ValueError(f"{owners[output]!r} and {name!r} would both write {output!r}; rename one of them")
+                raise TesseraError(f"{owners[output]!r} and {name!r} would both write {output!r}; rename one of them")
             owners[output] = name
         try:
             for output in outputs.values():

@@ -35,7 +35,8 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from training.bundle import file_sha256
+from training.bundle import BundleError, file_sha256
+from training.errors import OptionError
 from training.inference.options import InferenceOptions
 from training.inference.predictor import Predictor
 
@@ -76,7 +77,7 @@ def load_predictor(spec: PredictorSpec) -> Predictor:
     LOADS[spec.key()] += 1
     found = file_sha256(spec.bundle)
     if found != spec.sha256:
-        raise ValueError(f"{spec.bundle}: bundle changed during the job (sha256 {found[:12]}, expected {spec.sha256[:12]})")
+        raise BundleError(f"{spec.bundle}: bundle changed during the job (sha256 {found[:12]}, expected {spec.sha256[:12]})")
     return Predictor(spec.bundle, spec.options)
 
 
@@ -128,11 +129,11 @@ def parse_scheduler(text: str) -> tuple[str, int | str | None]:
     if text.startswith(LOCAL_PREFIX):
         count = text[len(LOCAL_PREFIX) :]
         if not count.isdigit() or int(count) < 1:
-            raise ValueError(f"--scheduler {text!r}: local:N needs a worker count N >= 1")
+            raise OptionError(f"--scheduler {text!r}: local:N needs a worker count N >= 1")
         return "local", int(count)
     if text.startswith(REMOTE_SCHEMES) and len(text) > len("tcp://"):
         return "remote", text
-    raise ValueError(f"--scheduler must be 'in-process', 'local:N' or 'tcp://host:port', not {text!r}")
+    raise OptionError(f"--scheduler must be 'in-process', 'local:N' or 'tcp://host:port', not {text!r}")
 
 
 class InProcessRunner:

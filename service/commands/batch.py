@@ -21,8 +21,19 @@ import argparse
 import json
 import sys
 
-from service.batch import IN_PROCESS, is_gigapixel_source, segment_folder, segment_gigapixel
-from service.commands.inference import add_bundle_argument, add_inference_options, prepare, progress_bar
+from service.batch import (
+    IN_PROCESS,
+    is_gigapixel_source,
+    segment_folder,
+    segment_gigapixel,
+)
+from service.commands.inference import (
+    add_bundle_argument,
+    add_inference_options,
+    prepare,
+    progress_bar,
+)
+from training.errors import OptionError
 from training.io.images import DEFAULT_MAX_PIXELS
 
 EXAMPLES = """\
@@ -71,14 +82,14 @@ def run(args: argparse.Namespace) -> int:
     shown = not args.quiet and sys.stderr.isatty()
     if is_gigapixel_source(args.src):
         if args.overlay:
-            raise ValueError("--overlay is for folder jobs; open the OME-Zarr in a viewer instead")
+            raise OptionError("--overlay is for folder jobs; open the OME-Zarr in a viewer instead")
         bar, update = progress_bar("chunks", shown)
         with bar:
             report = segment_gigapixel(bundle, args.src, args.dst, tiff=args.tiff, chunk=args.chunk,
                                        max_pixels=args.max_pixels, progress=update, **common)
     else:
         if args.tiff or args.chunk:
-            raise ValueError("--tiff and --chunk are for gigapixel jobs (SRC one TIFF/zarr image)")
+            raise OptionError("--tiff and --chunk are for gigapixel jobs (SRC one TIFF/zarr image)")
         bar, update = progress_bar("images", shown)
         with bar:
             report = segment_folder(bundle, args.src, args.dst, overlay=args.overlay,

@@ -26,8 +26,9 @@ import sys
 from pathlib import Path
 
 from service.commands.labelled import add_dataset_options, labelled_folder
-from training.loop.config import CALIBRATION_METRICS
+from training.bundle import BundleError
 from training.data.dataset import ISBI_TRAIN
+from training.loop.config import CALIBRATION_METRICS
 
 EXAMPLES = """\
 examples:
@@ -70,10 +71,15 @@ def run(args: argparse.Namespace) -> int:
     from training.bundle import SUFFIX, load_bundle, save_bundle
     from training.device import set_cpu_threads
     from training.inference.predictor import tta_caveat
-    from training.loop.evaluate import calibrate_bundle, calibration_subset, check_classes, interior_class
+    from training.loop.evaluate import (
+        calibrate_bundle,
+        calibration_subset,
+        check_classes,
+        interior_class,
+    )
 
     if Path(args.output).suffix != SUFFIX:
-        raise ValueError(f"{args.output}: bundle files end in {SUFFIX}")
+        raise BundleError(f"{args.output}: bundle files end in {SUFFIX}")
     if args.threads:
         set_cpu_threads(args.threads)
     bundle = load_bundle(args.bundle)

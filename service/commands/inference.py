@@ -13,6 +13,7 @@ import contextlib
 
 from training.bundle import DEFAULT_BUNDLE, DEFAULT_NAMES
 from training.device import set_cpu_threads
+from training.errors import OptionError
 from training.inference.blending import BLEND_MODES, DEFAULT_OVERLAP
 from training.inference.options import InferenceOptions
 from training.inference.tta import TTA_MODES
@@ -58,7 +59,7 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
     """The :class:`~training.inference.options.InferenceOptions` the predictor options give
     (ValueError naming the option that is wrong)."""
     if args.overlap is not None and args.blend == "none":
-        raise ValueError("--overlap applies to --blend gaussian only (crop-only tiles do not overlap)")
+        raise OptionError("--overlap applies to --blend gaussian only (crop-only tiles do not overlap)")
     return InferenceOptions(
         tile=parse_tile(args.tile), batch_size=args.batch_size, tta=args.tta, blend=args.blend,
         overlap=DEFAULT_OVERLAP if args.overlap is None else args.overlap,
@@ -81,7 +82,7 @@ def parse_tile(text: str | None) -> int | str | None:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"--tile must be a number of pixels or 'auto', not {text!r}") from None
+        raise OptionError(f"--tile must be a number of pixels or 'auto', not {text!r}") from None
 
 
 def add_threshold_option(parser: argparse.ArgumentParser) -> None:
@@ -100,7 +101,7 @@ def parse_threshold(text: str | None) -> float | str | None:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"--threshold must be a probability between 0 and 1 or 'argmax', not {text!r}") from None
+        raise OptionError(f"--threshold must be a probability between 0 and 1 or 'argmax', not {text!r}") from None
 
 
 def progress_bar(label: str, enabled: bool):
@@ -108,7 +109,14 @@ def progress_bar(label: str, enabled: bool):
     if not enabled:
         return contextlib.nullcontext(), None
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                    console=Console(stderr=True))

@@ -14,7 +14,8 @@ import argparse
 import json
 
 from service.commands.labelled import add_dataset_options, labelled_folder
-from training.data.dataset import ISBI_TRAIN
+from training.data.dataset import ISBI_TRAIN, DatasetError
+from training.errors import OptionError
 
 EXAMPLES = """\
 examples:
@@ -48,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
     folder = labelled_folder(args, ISBI_TRAIN)
     examples = folder.load_all()
     if not examples:
-        raise ValueError("no images selected")
+        raise DatasetError("no images selected")
     classes = list(folder.labels.classes)
     if args.class_name is not None and args.class_name not in classes:
-        raise ValueError(f"--class {args.class_name!r} is not one of the classes: {', '.join(classes)}")
+        raise OptionError(f"--class {args.class_name!r} is not one of the classes: {', '.join(classes)}")
     if args.class_name is None:
         counts = sum(np.bincount(e.target[e.target >= 0].ravel(), minlength=len(classes)) for e in examples)
         index = int(np.argmin(counts))

@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Sequence
 
 from training.data.dataset import SegmentationFolder, isbi2012
+from training.errors import OptionError
 
 
 def add_dataset_options(parser: argparse.ArgumentParser, default: str) -> None:
@@ -26,7 +27,7 @@ def labelled_folder(args: argparse.Namespace, isbi_default: Sequence[int]) -> Se
     """The folder ``--images/--masks`` name (narrowed by ``--select``), or the shipped ISBI
     slices ``--select`` or ``isbi_default`` name."""
     if bool(args.images) != bool(args.masks):
-        raise ValueError("give both --images and --masks (or neither, for the shipped ISBI 2012 slices)")
+        raise OptionError("give both --images and --masks (or neither, for the shipped ISBI 2012 slices)")
     if args.images:
         folder = SegmentationFolder(args.images, args.masks)
         return folder.select(args.select) if args.select else folder

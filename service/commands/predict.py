@@ -17,13 +17,24 @@ from pathlib import Path
 
 import numpy as np
 
-from service.commands.inference import add_bundle_argument, add_inference_options, prepare, progress_bar
+from service.commands.inference import (
+    add_bundle_argument,
+    add_inference_options,
+    prepare,
+    progress_bar,
+)
+from training.errors import OptionError
 from training.inference.predictor import Predictor
 from training.inference.to_file import predict_to_file
 from training.io.images import DEFAULT_MAX_PIXELS
 from training.io.overlay import save_overlay
 from training.io.readers import fit_channels, open_image
-from training.io.writers import PNG_MAX_PIXELS, PROBABILITY_DTYPES, ArraySink, label_dtype
+from training.io.writers import (
+    PNG_MAX_PIXELS,
+    PROBABILITY_DTYPES,
+    ArraySink,
+    label_dtype,
+)
 
 EXAMPLES = """\
 examples:
@@ -81,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     source = fit_channels(source, predictor.info.in_channels)
     height, width = source.shape[:2]
     if args.overlay and height * width > PNG_MAX_PIXELS:
-        raise ValueError(f"--overlay is for images up to {PNG_MAX_PIXELS:,} pixels; this one has {height * width:,}")
+        raise OptionError(f"--overlay is for images up to {PNG_MAX_PIXELS:,} pixels; this one has {height * width:,}")
     probabilities = probability_path(args)
     drawn = np.zeros((height, width), label_dtype(predictor.num_classes)) if args.overlay else None
     shown = not args.quiet and len(predictor.grid(height, width)) > 1 and sys.stderr.isatty()

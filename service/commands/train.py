@@ -16,6 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from training.bundle import BundleError
 from training.loop.config import load_config
 
 EXAMPLES = """\
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from training.loop.trainer import Trainer
 
     if args.export and not args.export.endswith(".safetensors"):
-        raise ValueError(f"--export {args.export}: bundle files end in .safetensors")
+        raise BundleError(f"--export {args.export}: bundle files end in .safetensors")
     config = load_config(args.config, overrides_from(args))
     result = Trainer(config, command=["tessera", *sys.argv[1:]] if sys.argv[0].endswith("tessera") else None).fit(
         resume=args.resume

@@ -35,18 +35,27 @@ from pathlib import Path
 from typing import Annotated
 
 import bentoml
-from bentoml.exceptions import BentoMLException
 import numpy as np
 import tifffile
+from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from service.http.jobs import JobFormat, segment_file
 from service.http.responses import class_statistics, coco_objects, geojson_objects
-from service.http.uploads import STATUS_FOR_REASON, BodyLimit, Limits, UploadError, decode_upload, open_upload, read_upload
+from service.http.uploads import (
+    STATUS_FOR_REASON,
+    BodyLimit,
+    Limits,
+    UploadError,
+    decode_upload,
+    open_upload,
+    read_upload,
+)
 from training.bundle import DEFAULT_BUNDLE, BundleInfo, load_bundle
 from training.device import set_cpu_threads
+from training.errors import TesseraError
 from training.inference.options import InferenceOptions
 from training.inference.predictor import Predictor
 from training.io.images import ImageError, match_channels
@@ -175,7 +184,7 @@ class Tessera:
         asked = {"tile": tile, "tta": tta.value if tta is not None else None, "threshold": threshold}
         try:
             return self.options.replace(**{name: value for name, value in asked.items() if value is not None})
-        except ValueError as error:
+        except TesseraError as error:
             raise UploadError(422, "invalid_option", str(error)) from None
 
     def segment_pixels(self, pixels: np.ndarray, options: InferenceOptions, probabilities: bool, endpoint: str):
@@ -185,7 +194,7 @@ class Tessera:
             prediction = self.predictor(options).predict(pixels, probabilities=probabilities)
         except ImageError as error:
             raise UploadError(422, error.reason, str(error)) from None
-        except ValueError as error:  # an invalid tile size names the valid ones
+        except TesseraError as error:  # an invalid tile size names the valid ones
             raise UploadError(422, "invalid_option", str(error)) from None
         pixels_segmented.labels(endpoint=endpoint).inc(pixels.shape[0] * pixels.shape[1])
         return pixels, prediction

@@ -24,9 +24,10 @@ from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from training.errors import TesseraError
 from training.io.images import TIFF_MAGIC, ImageError, decode_image
-from training.mirror import ArrayLike2D
 from training.io.readers import open_image
+from training.mirror import ArrayLike2D
 
 #: HTTP status for each reason :class:`training.io.images.ImageError` gives.
 STATUS_FOR_REASON = {
@@ -42,7 +43,7 @@ STATUS_FOR_REASON = {
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp", "application/octet-stream")
 
 
-class UploadError(Exception):
+class UploadError(TesseraError):
     """A request the service refuses: ``status`` (4xx), ``error`` (short name), ``detail``."""
 
     def __init__(self, status: int, error: str, detail: str) -> None:

@@ -9,6 +9,7 @@
 Seeding (DataLoader workers included) is :mod:`training.loop.seeding`.
 """
 
+from training.data.augment import Augmentation, build_augmentation
 from training.data.dataset import (
     IGNORE_INDEX,
     ISBI_HOLDOUT,
@@ -19,9 +20,8 @@ from training.data.dataset import (
     SegmentationFolder,
     isbi2012,
 )
-from training.data.selection import SelectionError, parse_positions
-from training.data.augment import Augmentation, build_augmentation
 from training.data.patches import PatchDataset, WeightMapConfig, dataset_normalization
+from training.data.selection import SelectionError, parse_positions
 
 __all__ = [
     "Augmentation",

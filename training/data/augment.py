@@ -70,6 +70,7 @@ from albumentations.augmentations.geometric.distortion import BaseDistortion
 from scipy import ndimage
 
 from training.data.label_offset import check_label_offset, dihedral_vector
+from training.errors import OptionError
 
 #: The one border mode for every warp: OpenCV's name for training.mirror's mirror.
 BORDER = cv2.BORDER_REFLECT_101
@@ -147,7 +148,7 @@ class GridElastic(BaseDistortion):
             fill_mask=fill_mask,
         )
         if grid < 2 or sigma < 0:
-            raise ValueError(f"elastic grid must be >= 2 and sigma >= 0, got grid {grid}, sigma {sigma}")
+            raise OptionError(f"elastic grid must be >= 2 and sigma >= 0, got grid {grid}, sigma {sigma}")
         self.grid = grid
         self.sigma = sigma
 
@@ -163,7 +164,7 @@ class GridElastic(BaseDistortion):
 def check_flip_axes(axes: str) -> str:
     """``flip.axes`` itself when it names a :data:`FLIP_AXES` entry; ValueError otherwise."""
     if axes not in FLIP_AXES:
-        raise ValueError(f"augmentation 'flip': axes must be one of {', '.join(FLIP_AXES)}, not {axes!r}")
+        raise OptionError(f"augmentation 'flip': axes must be one of {', '.join(FLIP_AXES)}, not {axes!r}")
     return axes
 
 
@@ -234,21 +235,21 @@ def read_config(config: Mapping | str | Path | None) -> dict[str, dict[str, Any]
     elif isinstance(config, str):
         config = yaml.safe_load(config) or {}
     if not isinstance(config, Mapping):
-        raise ValueError(f"augmentation config must be a mapping of transform -> options, got {config!r}")
+        raise OptionError(f"augmentation config must be a mapping of transform -> options, got {config!r}")
     merged = copy.deepcopy(DEFAULT_AUGMENTATION)
     for name, options in config.items():
         if name not in DEFAULT_AUGMENTATION:
-            raise ValueError(f"unknown augmentation {name!r}: choose from {', '.join(DEFAULT_AUGMENTATION)}")
+            raise OptionError(f"unknown augmentation {name!r}: choose from {', '.join(DEFAULT_AUGMENTATION)}")
         if options is False or options is None:
             merged.pop(name)
             continue
         if options is True:
             continue
         if not isinstance(options, Mapping):
-            raise ValueError(f"augmentation {name!r}: options must be a mapping, true or false")
+            raise OptionError(f"augmentation {name!r}: options must be a mapping, true or false")
         unknown = set(options) - set(DEFAULT_AUGMENTATION[name])
         if unknown:
-            raise ValueError(
+            raise OptionError(
                 f"augmentation {name!r}: unknown option(s) {sorted(unknown)}; "
                 f"known: {', '.join(DEFAULT_AUGMENTATION[name])}"
             )
@@ -260,9 +261,9 @@ def _pair(values: Any, name: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in values)
     except (TypeError, ValueError):
-        raise ValueError(f"augmentation option {name!r} must be [low, high], got {values!r}") from None
+        raise OptionError(f"augmentation option {name!r} must be [low, high], got {values!r}") from None
     if hi < lo:
-        raise ValueError(f"augmentation option {name!r}: [{lo}, {hi}] runs backwards")
+        raise OptionError(f"augmentation option {name!r}: [{lo}, {hi}] runs backwards")
     return lo, hi
 
 

@@ -50,7 +50,15 @@ import numpy as np
 import yaml
 
 from training.data.selection import Items, SelectionError, select
-from training.io.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, channel_count, match_channels, read_image
+from training.errors import TesseraError
+from training.io.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    ImageError,
+    channel_count,
+    match_channels,
+    read_image,
+)
 from training.labels import IGNORE_INDEX
 
 #: Names looked for, in order, in the mask folder and then its parent.
@@ -64,7 +72,7 @@ ISBI_TRAIN = tuple(range(25))
 ISBI_HOLDOUT = tuple(range(25, 30))
 
 
-class DatasetError(ValueError):
+class DatasetError(TesseraError):
     """Data that cannot be used; the message names the file and the problem."""
 
 

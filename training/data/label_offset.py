@@ -36,6 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.data.dataset import DatasetError
+from training.errors import OptionError
+
 #: Largest ``label_offset`` component accepted, pixels: labels further off are a registration problem.
 MAX_LABEL_OFFSET = 4.0
 
@@ -47,9 +50,9 @@ def check_label_offset(values: Sequence[float]) -> Vector:
     try:
         dy, dx = (float(v) for v in values)
     except (TypeError, ValueError):
-        raise ValueError(f"label_offset must be [dy, dx] in pixels, got {values!r}") from None
+        raise OptionError(f"label_offset must be [dy, dx] in pixels, got {values!r}") from None
     if not (math.isfinite(dy) and math.isfinite(dx)) or max(abs(dy), abs(dx)) > MAX_LABEL_OFFSET:
-        raise ValueError(f"label_offset {[dy, dx]}: each part must be within +-{MAX_LABEL_OFFSET} px")
+        raise OptionError(f"label_offset {[dy, dx]}: each part must be within +-{MAX_LABEL_OFFSET} px")
     return dy, dx
 
 
@@ -107,9 +110,9 @@ def offset_correlation(image: np.ndarray, mask: np.ndarray, reach: int = int(MAX
     if pixels.ndim == 3:
         pixels = pixels.mean(axis=2)
     if pixels.shape != mask.shape:
-        raise ValueError(f"image {pixels.shape} and mask {mask.shape} differ in size")
+        raise DatasetError(f"image {pixels.shape} and mask {mask.shape} differ in size")
     if min(pixels.shape) <= 4 * reach:
-        raise ValueError(f"image {pixels.shape} is too small to measure moves of {reach} px")
+        raise DatasetError(f"image {pixels.shape} is too small to measure moves of {reach} px")
     pixels = (pixels - pixels.mean()) / (pixels.std() or 1.0)
     centred = mask.astype(np.float64) - mask.mean()
     inner = (slice(reach, -reach), slice(reach, -reach))
@@ -137,7 +140,7 @@ def correlation_peak(table: np.ndarray) -> Vector:
     table = table * (np.sign(table[reach, reach]) or 1.0)
     y, x = np.unravel_index(int(np.argmax(table)), table.shape)
     if y in (0, table.shape[0] - 1) or x in (0, table.shape[1] - 1):
-        raise ValueError(f"the masks correlate best with the images moved {(int(y) - reach, int(x) - reach)} px, "
+        raise DatasetError(f"the masks correlate best with the images moved {(int(y) - reach, int(x) - reach)} px, "
                          f"at the edge of the +-{reach} px searched: they do not seem to trace the images")
     dy = y - reach + _parabola_peak(table[y - 1, x], table[y, x], table[y + 1, x])
     dx = x - reach + _parabola_peak(table[y, x - 1], table[y, x], table[y, x + 1])
@@ -150,7 +153,7 @@ def measure_label_offset(pairs: Sequence[tuple[np.ndarray, np.ndarray]],
     mask)`` pairs (``mask``: bool, one class): the peak of the summed correlations
     (:func:`correlation_peak`), and each pair's own peak (None where it has none)."""
     if not pairs:
-        raise ValueError("no images to measure a label offset on")
+        raise DatasetError("no images to measure a label offset on")
     tables = [offset_correlation(image, mask, reach) for image, mask in pairs]
     each = []
     for table in tables:

@@ -43,11 +43,12 @@ import numpy as np
 import torch
 
 from training.data.augment import Augmentation
-from training.data.dataset import IGNORE_INDEX, Example
+from training.data.dataset import IGNORE_INDEX, DatasetError, Example
+from training.data.weightmap import SIGMA, W0, class_balance_weights, unet_weight_map
+from training.errors import OptionError
 from training.geometry import TileGeometry
 from training.mirror import mirror_window
 from training.normalization import Normalization, image_statistics, scale_to_unit
-from training.data.weightmap import SIGMA, W0, class_balance_weights, unet_weight_map
 
 #: Foreground pixels remembered per image for oversampling (a random subset when there are more).
 MAX_FOREGROUND_PIXELS = 10_000
@@ -73,9 +74,9 @@ class WeightMapConfig:
                 return class_balance_weights(targets, num_classes)
             if self.class_weights == "none":
                 return np.ones(num_classes)
-            raise ValueError(f"class_weights must be 'balanced', 'none' or a list, not {self.class_weights!r}")
+            raise OptionError(f"class_weights must be 'balanced', 'none' or a list, not {self.class_weights!r}")
         if len(self.class_weights) != num_classes:
-            raise ValueError(f"{len(self.class_weights)} class weights for {num_classes} classes")
+            raise OptionError(f"{len(self.class_weights)} class weights for {num_classes} classes")
         return np.asarray(self.class_weights, np.float64)
 
 
@@ -142,9 +143,9 @@ class PatchDataset(torch.utils.data.Dataset):
         seed: int = 0,
     ) -> None:
         if not examples:
-            raise ValueError("no examples to sample patches from")
+            raise DatasetError("no examples to sample patches from")
         if not 0.0 <= foreground_share <= 1.0:
-            raise ValueError(f"foreground_share must be in [0, 1], not {foreground_share}")
+            raise OptionError(f"foreground_share must be in [0, 1], not {foreground_share}")
         geometry.check_input(input_size)
         self.geometry = geometry
         self.input_size = input_size
@@ -172,9 +173,9 @@ class PatchDataset(torch.utils.data.Dataset):
     ) -> _Prepared:
         target = example.target
         if target.shape != example.image.shape[:2]:
-            raise ValueError(f"{example.name}: target {target.shape} does not match image {example.image.shape}")
+            raise DatasetError(f"{example.name}: target {target.shape} does not match image {example.image.shape}")
         if target.max(initial=0) >= self.num_classes:
-            raise ValueError(f"{example.name}: target has class {target.max()} but there are {self.num_classes}")
+            raise DatasetError(f"{example.name}: target has class {target.max()} but there are {self.num_classes}")
         mean, std = self.normalization.statistics(example.image)
         codes = np.where(target == IGNORE_INDEX, self.ignore_code, target).astype(
             np.uint8 if self.ignore_code == 255 else np.uint16

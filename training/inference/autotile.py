@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from training.geometry import InvalidSizeError
+
 if TYPE_CHECKING:  # the predictor imports this module
     from training.inference.predictor import Predictor
 
@@ -83,5 +85,5 @@ def choose_tile(predictor: Predictor, budget: int | None = None, candidates=AUTO
         predictor._runner(batch)
         throughput[size] = predictor.batch_size * geometry.tile_step(size) ** 2 / (time.perf_counter() - start)
     if not throughput:
-        raise ValueError("no valid tile size fits: the model's halo is too large for every candidate")
+        raise InvalidSizeError("no valid tile size fits: the model's halo is too large for every candidate")
     return TileChoice(size=max(throughput, key=throughput.get), throughput=throughput)

@@ -29,6 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from training.errors import OptionError
 from training.inference.tiling import Box, Tile, TileGrid
 
 #: Blending modes: ``"none"`` = exact crop-only stitching, ``"gaussian"`` = weighted overlap.
@@ -47,11 +48,11 @@ Emit = Callable[[Box, np.ndarray], None]
 def check_blend(blend: str, overlap: float, sigma_scale: float) -> str:
     """``blend`` if the three blending settings are valid, else ValueError saying which is not."""
     if blend not in BLEND_MODES:
-        raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, not {blend!r}")
+        raise OptionError(f"blend must be one of {', '.join(BLEND_MODES)}, not {blend!r}")
     if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be a fraction in [0, 1), not {overlap}")
+        raise OptionError(f"overlap must be a fraction in [0, 1), not {overlap}")
     if not sigma_scale > 0.0:
-        raise ValueError(f"sigma_scale must be > 0, not {sigma_scale}")
+        raise OptionError(f"sigma_scale must be > 0, not {sigma_scale}")
     return blend
 
 

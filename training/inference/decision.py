@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from training.errors import OptionError
 from training.io.writers import label_dtype
 
 #: Thresholds :func:`calibrate_threshold` tries: 0.05, 0.10, ..., 0.95.
@@ -34,10 +35,10 @@ def check_threshold(threshold: float | None, num_classes: int) -> float | None:
     if threshold is None:
         return None
     if num_classes > 2:
-        raise ValueError(f"a decision threshold needs a two-class model; this one has {num_classes} classes")
+        raise OptionError(f"a decision threshold needs a two-class model; this one has {num_classes} classes")
     threshold = float(threshold)
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"decision threshold {threshold} is not a probability between 0 and 1")
+        raise OptionError(f"decision threshold {threshold} is not a probability between 0 and 1")
     return threshold
 
 
@@ -70,5 +71,5 @@ def calibrate_threshold(
         if best is None or value < best[1]:
             best = (threshold, value)
     if best is None:
-        raise ValueError("no thresholds to calibrate over")
+        raise OptionError("no thresholds to calibrate over")
     return best

@@ -20,7 +20,12 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from training.inference.blending import DEFAULT_OVERLAP, DEFAULT_SIGMA_SCALE, check_blend
+from training.errors import OptionError
+from training.inference.blending import (
+    DEFAULT_OVERLAP,
+    DEFAULT_SIGMA_SCALE,
+    check_blend,
+)
 from training.inference.decision import check_threshold
 from training.inference.tta import tta_mode
 
@@ -137,7 +142,7 @@ def _check_tile(tile: int | str | None) -> int | str | None:
     if isinstance(tile, str) and tile.strip().isdigit():
         tile = int(tile)
     if not isinstance(tile, numbers.Integral) or isinstance(tile, bool) or tile < 1:
-        raise ValueError(f"tile must be a number of pixels or 'auto', not {tile!r}")
+        raise OptionError(f"tile must be a number of pixels or 'auto', not {tile!r}")
     return int(tile)
 
 
@@ -146,7 +151,7 @@ def _check_batch_size(batch_size: int | None) -> int | None:
     if batch_size is None:
         return None
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, not {batch_size!r}")
+        raise OptionError(f"batch_size must be >= 1, not {batch_size!r}")
     return int(batch_size)
 
 
@@ -157,7 +162,7 @@ def _check_threshold(threshold: float | str | None) -> float | str | None:
     try:
         value = float(threshold)
     except (TypeError, ValueError):
-        raise ValueError(f"threshold must be 'bundle', None or a probability, not {threshold!r}") from None
+        raise OptionError(f"threshold must be 'bundle', None or a probability, not {threshold!r}") from None
     return check_threshold(value, 2)
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.bundle import DEFAULT_BUNDLE, Bundle, BundleInfo, load_bundle
+from training.bundle import DEFAULT_BUNDLE, Bundle, BundleError, BundleInfo, load_bundle
 from training.data.label_offset import correction_reach, shift_maps
 from training.device import BatchRunner, autocast, autocast_dtype, prepare_model, resolve_device
 from training.geometry import TileGeometry
@@ -58,7 +58,13 @@ from training.inference.tiling import Box, Tile, TileGrid, check_region
 from training.inference.tta import TTA_MODES, tta_caveat, tta_corrections
 from training.io.images import ImageError, match_channels
 from training.io.readers import fit_channels
-from training.io.writers import ArraySink, Sink, as_sink, encode_probabilities, label_dtype
+from training.io.writers import (
+    ArraySink,
+    Sink,
+    as_sink,
+    encode_probabilities,
+    label_dtype,
+)
 from training.mirror import ArrayLike2D, mirror_window
 from training.normalization import Normalization
 
@@ -385,7 +391,7 @@ def segmentation_bundle(bundle_or_path: Bundle | str | Path | None) -> Bundle:
     when it is not a segmentation model."""
     bundle = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path or DEFAULT_BUNDLE)
     if bundle.info.task != "segmentation" or bundle.info.geometry is None:
-        raise ValueError(f"{bundle.path}: not a segmentation model (task {bundle.info.task!r})")
+        raise BundleError(f"{bundle.path}: not a segmentation model (task {bundle.info.task!r})")
     return bundle
 
 

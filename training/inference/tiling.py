@@ -32,7 +32,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from training.geometry import TileGeometry
+from training.errors import OptionError
+from training.geometry import InvalidSizeError, TileGeometry
 
 #: A rectangle in image coordinates: (y0, y1, x0, x1), half-open.
 Box = tuple[int, int, int, int]
@@ -80,9 +81,9 @@ class TileGrid:
         """Grid for an image of ``height x width`` pixels with tiles of input size ``tile``;
         ``overlap`` is the share of a tile's span its neighbour repeats (0: blocks abut)."""
         if height < 1 or width < 1:
-            raise ValueError(f"image has no pixels ({width}x{height})")
+            raise InvalidSizeError(f"image has no pixels ({width}x{height})")
         if not 0.0 <= overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), not {overlap}")
+            raise OptionError(f"overlap must be in [0, 1), not {overlap}")
         return cls(
             geometry=geometry,
             height=height,
@@ -185,5 +186,5 @@ def check_region(region: Box, height: int, width: int) -> Box:
     """``region`` if it is a non-empty box inside a ``height x width`` image, else ValueError."""
     y0, y1, x0, x1 = (int(v) for v in region)
     if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
-        raise ValueError(f"region {region} is not a non-empty box inside the {height}x{width} image")
+        raise OptionError(f"region {region} is not a non-empty box inside the {height}x{width} image")
     return y0, y1, x0, x1

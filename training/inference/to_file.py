@@ -17,7 +17,13 @@ from pathlib import Path
 from training.inference.predictor import Predictor, Progress
 from training.inference.tiling import TileGrid
 from training.io.readers import fit_channels
-from training.io.writers import PROBABILITY_DTYPES, Sink, TeeSink, label_dtype, open_sink
+from training.io.writers import (
+    PROBABILITY_DTYPES,
+    Sink,
+    TeeSink,
+    label_dtype,
+    open_sink,
+)
 from training.mirror import ArrayLike2D
 
 

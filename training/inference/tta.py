@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from training.bundle import BundleInfo
 from training.data.label_offset import bundle_label_offset, view_correction
+from training.errors import OptionError
 
 #: Test-time augmentations: name -> list of (rotations by 90 degrees, horizontal flip).
 TTA_MODES: dict[str, list[tuple[int, bool]]] = {
@@ -30,7 +31,7 @@ def tta_mode(tta: bool | str | None) -> str:
     if tta is False or tta is None:
         return "none"
     if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)} (or true/false), not {tta!r}")
+        raise OptionError(f"tta must be one of {', '.join(TTA_MODES)} (or true/false), not {tta!r}")
     return tta
 
 
@@ -53,7 +54,9 @@ def tta_caveat(info: BundleInfo, mode: str) -> str | None:
     config = (info.provenance or {}).get("config", {})
     if config.get("augment") is None:
         return None
-    from training.data.augment import read_config  # lazy: albumentations is slow to import, and only this check needs it
+    from training.data.augment import (
+        read_config,  # lazy: albumentations is slow to import, and only this check needs it
+    )
 
     try:
         augment = read_config(config["augment"])

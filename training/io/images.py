@@ -20,6 +20,8 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from training.errors import TesseraError
+
 #: File suffixes of images a folder of inputs holds (datasets, folder jobs), case-insensitive;
 #: anything else in such a folder (a README, classes.yaml) is not an image.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -41,7 +43,7 @@ Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class ImageError(ValueError):
+class ImageError(TesseraError):
     """An image that cannot be used; ``reason`` is one of :data:`Reason`."""
 
     def __init__(self, message: str, reason: Reason) -> None:

@@ -23,7 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from training.io.images import DEFAULT_MAX_PIXELS, TIFF_SUFFIXES, ImageError, match_channels, read_image
+from training.io.images import (
+    DEFAULT_MAX_PIXELS,
+    TIFF_SUFFIXES,
+    ImageError,
+    match_channels,
+    read_image,
+)
 from training.mirror import ArrayLike2D
 
 #: File suffixes read lazily: TIFF (:data:`training.io.images.TIFF_SUFFIXES`) and zarr.

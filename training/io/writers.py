@@ -24,6 +24,7 @@ Formats, chosen by :func:`open_sink` from the suffix:
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import queue
@@ -35,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from training.errors import OptionError
 from training.io.images import TIFF_SUFFIXES
 
 Box = tuple[int, int, int, int]
@@ -200,10 +202,27 @@ def zarr_sink(path: Path, shape: tuple[int, ...], dtype: np.dtype, chunk: tuple[
 
 
 def npy_sink(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> FileSink:
-    """A memory-mapped ``.npy`` file."""
+    """A memory-mapped ``.npy`` file, its disk space allocated up front: a full disk fails here with
+    an OSError naming ``path``, not later inside the mapping, where it would kill the process (SIGBUS)."""
     temporary = temporary_path(path)
     array = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=shape)
+    try:
+        allocate(temporary)
+    except OSError as error:
+        del array
+        remove(temporary)
+        raise OSError(error.errno, error.strerror, str(path)) from None
     return FileSink(array, temporary, path)
+
+
+def allocate(path: Path) -> None:
+    """Reserve the disk blocks of the whole (sparse) file ``path``; file systems that cannot are left as they are."""
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
 
 
 class PngSink(Sink):
@@ -211,9 +230,9 @@ class PngSink(Sink):
 
     def __init__(self, path: Path, shape: tuple[int, int], dtype: np.dtype) -> None:
         if len(shape) != 2:
-            raise ValueError(f"{path}: PNG output is for label maps; write probabilities to .tif, .zarr or .npy")
+            raise OptionError(f"{path}: PNG output is for label maps; write probabilities to .tif, .zarr or .npy")
         if shape[0] * shape[1] > PNG_MAX_PIXELS:
-            raise ValueError(f"{path}: {shape[1]}x{shape[0]} is too large for PNG output; use .tif or .zarr")
+            raise OptionError(f"{path}: {shape[1]}x{shape[0]} is too large for PNG output; use .tif or .zarr")
         self.path = path
         self.shape = shape
         self.dtype = np.dtype(dtype)
@@ -282,7 +301,7 @@ class TiffSink(Sink):
     def _put(self, item) -> None:
         while True:
             if self.error is not None:
-                raise OSError(f"{self.path}: TIFF writing failed ({self.error})")
+                raise OSError(getattr(self.error, "errno", None) or errno.EIO, f"TIFF writing failed ({self.error})", str(self.path)) from self.error
             try:
                 self.tiles.put(item, timeout=0.1)
                 return
@@ -323,7 +342,7 @@ class TiffSink(Sink):
         self.thread.join()
         if self.error is not None:
             remove(self.temporary)
-            raise OSError(f"{self.path}: TIFF writing failed ({self.error})")
+            raise OSError(getattr(self.error, "errno", None) or errno.EIO, f"TIFF writing failed ({self.error})", str(self.path)) from self.error
         move_into_place(self.temporary, self.path)
 
     def abort(self) -> None:
@@ -360,4 +379,4 @@ def open_sink(
         return npy_sink(path, shape, np.dtype(dtype))
     if suffix == PNG_SUFFIX:
         return PngSink(path, shape, np.dtype(dtype))
-    raise ValueError(f"{path}: unknown output format {suffix or '(no suffix)'!r}; use .png, .tif, .zarr or .npy")
+    raise OptionError(f"{path}: unknown output format {suffix or '(no suffix)'!r}; use .png, .tif, .zarr or .npy")

@@ -123,14 +123,18 @@ class RunArtifacts:
 
     def write_curves(self, history: list[dict[str, Any]]) -> Path:
         """``curves.png``: loss and validation metrics by epoch."""
-        from training.loop.plots import plot_curves  # matplotlib loads only when a run ends
+        from training.loop.plots import (
+            plot_curves,  # matplotlib loads only when a run ends
+        )
 
         return plot_curves(history, self.output / CURVES_NAME)
 
     def write_overlays(self, examples: Sequence[Example], device: torch.device) -> dict[str, Path]:
         """``overlays/<stem>.png`` for ``examples``: image, truth and the best bundle's prediction
         (errors in red; ignored pixels shown as predicted)."""
-        from training.loop.plots import plot_overlay  # matplotlib loads only when a run ends
+        from training.loop.plots import (
+            plot_overlay,  # matplotlib loads only when a run ends
+        )
 
         predictor = Predictor(load_bundle(self.best), device=device)
         files: dict[str, Path] = {}

@@ -23,6 +23,8 @@ import copy
 import torch
 from torch import nn
 
+from training.errors import OptionError
+
 #: Warm-up: the decay at step s is at most (1 + s) / (WARMUP + s).
 WARMUP = 10
 
@@ -36,7 +38,7 @@ class WeightAverage:
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"optim.ema: decay {decay} must be in (0, 1); 0 turns averaging off")
+            raise OptionError(f"optim.ema: decay {decay} must be in (0, 1); 0 turns averaging off")
         self.decay = decay
         self.model = copy.deepcopy(model)
         for parameter in self.model.parameters():

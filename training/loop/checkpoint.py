@@ -32,6 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from training.errors import TesseraError
+
 #: Separator in flattened optimizer tensor names.
 SEP = "/"
 #: Prefix of the trained model's tensors in the state file.
@@ -40,7 +42,7 @@ STATE_SUFFIX = ".state.safetensors"
 JSON_SUFFIX = ".state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TesseraError):
     """Missing or inconsistent resume state; the message names the file."""
 
 

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.bundle import Bundle, BundleInfo, load_bundle, save_bundle
+from training.bundle import Bundle, BundleError, BundleInfo, load_bundle, save_bundle
 from training.data.dataset import IMAGE_SUFFIXES, DatasetError, natural_key
 from training.device import resolve_device
+from training.errors import OptionError
 from training.io.images import ImageError, channel_count, match_channels, read_image
 from training.mirror import mirror_pad
 from training.models import build_model, parse_arch
@@ -72,7 +73,7 @@ class ClassifierConfig:
         ]
         for ok, problem in checks:
             if not ok:
-                raise ValueError(problem)
+                raise OptionError(problem)
         return self
 
 
@@ -189,7 +190,7 @@ def train_classifier(
     config = (config or ClassifierConfig()).validate()
     output = Path(output)
     if output.suffix != ".safetensors":
-        raise ValueError(f"{output}: bundle files end in .safetensors")
+        raise BundleError(f"{output}: bundle files end in .safetensors")
     start = time.monotonic()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -293,7 +294,7 @@ def evaluate_classifier(bundle: Bundle | str | Path, data: str | Path, device: s
     """Accuracy of a classification bundle on a class folder (same classes, same preprocessing)."""
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if bundle.info.task != "classification":
-        raise ValueError(f"{bundle.path}: not a classification bundle (task {bundle.info.task!r})")
+        raise BundleError(f"{bundle.path}: not a classification bundle (task {bundle.info.task!r})")
     size = int(bundle.info.tile["input"])
     dataset = load_class_folder(data, size, bundle.info.in_channels, bundle.info.classes)
     resolved = resolve_device(device)

@@ -26,8 +26,10 @@ from typing import Any, Literal
 
 import yaml
 
+from training.errors import TesseraError
 
-class ConfigError(ValueError):
+
+class ConfigError(TesseraError):
     """An invalid configuration; the message names the dotted key and what is wrong."""
 
 

@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from training.bundle import Bundle, load_bundle
-from training.loop.config import CALIBRATION_METRICS, LOWER_IS_BETTER
-from training.data.dataset import Example, SegmentationFolder
+from training.data.dataset import DatasetError, Example, SegmentationFolder
+from training.errors import OptionError
 from training.inference.decision import CALIBRATION_THRESHOLDS, calibrate_threshold
+from training.loop.config import CALIBRATION_METRICS, LOWER_IS_BETTER
 from training.loop.metrics import MetricAccumulator
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def interior_class(classes: Sequence[str], name: str | None = None) -> int | Non
     two-class task class 1 (ISBI: ``cell``); None (no Rand error) otherwise."""
     if name is not None:
         if name not in classes:
-            raise ValueError(f"{name!r} is not a class ({', '.join(classes)}); cannot score the Rand error")
+            raise OptionError(f"{name!r} is not a class ({', '.join(classes)}); cannot score the Rand error")
         return list(classes).index(name)
     return 1 if len(classes) == 2 else None
 
@@ -123,7 +124,7 @@ def evaluate_bundle(
 def check_classes(folder: SegmentationFolder, classes: Sequence[str]) -> None:
     """A ValueError unless the masks in ``folder`` have as many classes as the model predicts."""
     if folder.labels.num_classes != len(classes):
-        raise ValueError(
+        raise DatasetError(
             f"the masks have {folder.labels.num_classes} classes ({', '.join(folder.labels.classes)}), "
             f"the model predicts {len(classes)} ({', '.join(classes)})"
         )
@@ -148,12 +149,12 @@ def calibrate(
     with), and that score. Scores pool the examples as :func:`score` does; ties go to the
     threshold nearest 0.5 (:func:`training.inference.decision.calibrate_threshold`)."""
     if metric not in CALIBRATION_METRICS:
-        raise ValueError(f"cannot calibrate by {metric!r}; choose one of {', '.join(CALIBRATION_METRICS)}")
+        raise OptionError(f"cannot calibrate by {metric!r}; choose one of {', '.join(CALIBRATION_METRICS)}")
     classes = list(predictor.info.classes)
     if len(classes) != 2:
-        raise ValueError(f"a decision threshold needs a two-class model; this one has {len(classes)} classes")
+        raise OptionError(f"a decision threshold needs a two-class model; this one has {len(classes)} classes")
     if not examples:
-        raise ValueError("no labelled images to calibrate the threshold on")
+        raise DatasetError("no labelled images to calibrate the threshold on")
     if metric == "rand_error" and interior is None:
         interior = interior_class(classes)
     probabilities = [predictor.predict(e.image, probabilities=True).probabilities for e in examples]

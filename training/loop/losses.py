@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.errors import OptionError
 from training.labels import IGNORE_INDEX
 
 #: Loss names :func:`build_loss` accepts.
@@ -87,7 +88,7 @@ class SegmentationLoss(nn.Module):
     def __init__(self, name: str = DEFAULT_LOSS, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         if name not in LOSSES:
-            raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
+            raise OptionError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
         self.name = name
         self.ignore_index = ignore_index
 

@@ -28,8 +28,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.metrics import adapted_rand_error as _skimage_adapted_rand_error
 
-from training.labels import IGNORE_INDEX
 from training.data.weightmap import CONNECTIVITY
+from training.labels import IGNORE_INDEX
 
 
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:

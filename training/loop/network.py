@@ -22,7 +22,7 @@ from torch import nn
 
 from training.bundle import bundle_path, file_sha256, load_bundle, read_bundle_info
 from training.device import autocast_dtype
-from training.loop.config import OptimConfig, TrainConfig
+from training.loop.config import ConfigError, OptimConfig, TrainConfig
 from training.models import build_model, load_encoder_weights, parse_arch
 
 
@@ -32,7 +32,7 @@ def encoder_modules(model: nn.Module) -> list[nn.Module]:
         return [model.encoder]
     if hasattr(model, "stem") and hasattr(model, "down"):
         return [model.stem, *model.down]
-    raise ValueError(f"{type(model).__name__} has no encoder to freeze")
+    raise ConfigError(f"{type(model).__name__} has no encoder to freeze")
 
 
 def set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
@@ -60,11 +60,11 @@ def build_network(
         options = {}
     spec = parse_arch(m.arch, in_channels, num_classes, **options)
     if spec["arch"] == "classifier":
-        raise ValueError(f"model.arch: {m.arch!r} is a classifier; use 'tessera train-classifier'")
+        raise ConfigError(f"model.arch: {m.arch!r} is a classifier; use 'tessera train-classifier'")
     model = build_model(spec)
     if m.encoder_weights:
         if spec["arch"] != "smp":
-            raise ValueError("model.encoder_weights: only smp architectures have a pretrained encoder")
+            raise ConfigError("model.encoder_weights: only smp architectures have a pretrained encoder")
         path = Path(m.encoder_weights)
         if path.suffix == ".safetensors":
             _check_encoder_bundle(path, spec)
@@ -82,9 +82,9 @@ def network_from_bundle(path: Path, in_channels: int, num_classes: int) -> tuple
     bundle = load_bundle(path)
     info = bundle.info
     if info.task != "segmentation":
-        raise ValueError(f"model.init: {path} is a {info.task} bundle; an encoder goes in model.encoder_weights")
+        raise ConfigError(f"model.init: {path} is a {info.task} bundle; an encoder goes in model.encoder_weights")
     if info.in_channels != in_channels:
-        raise ValueError(f"model.init: {path} takes {info.in_channels}-channel images, the training images have {in_channels}")
+        raise ConfigError(f"model.init: {path} takes {info.in_channels}-channel images, the training images have {in_channels}")
     spec = {**info.spec, "num_classes": num_classes}
     model = build_model(spec)
     given = bundle.model.state_dict()
@@ -108,7 +108,7 @@ def _check_encoder_bundle(path: Path, spec: dict[str, Any]) -> None:
         return  # a plain safetensors state dict, not a bundle: load_encoder_weights checks it
     encoder = info.spec.get("encoder")
     if encoder and encoder != spec.get("encoder"):
-        raise ValueError(f"model.encoder_weights: {path} holds a {encoder!r} encoder, the model uses {spec['encoder']!r}")
+        raise ConfigError(f"model.encoder_weights: {path} holds a {encoder!r} encoder, the model uses {spec['encoder']!r}")
 
 
 def build_optimizer(optim: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:

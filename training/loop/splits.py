@@ -16,10 +16,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from training.data.augment import build_augmentation
-from training.data.dataset import Example, LabelSpec, SegmentationFolder
-from training.data.patches import UNIFORM_WEIGHTS, PatchDataset, WeightMapConfig, dataset_normalization
+from training.data.dataset import DatasetError, Example, LabelSpec, SegmentationFolder
+from training.data.patches import (
+    UNIFORM_WEIGHTS,
+    PatchDataset,
+    WeightMapConfig,
+    dataset_normalization,
+)
 from training.geometry import TileGeometry
-from training.loop.config import DataConfig, TrainConfig
+from training.loop.config import ConfigError, DataConfig, TrainConfig
 from training.loop.evaluate import interior_class
 from training.loop.seeding import worker_init_fn
 from training.normalization import Normalization
@@ -72,11 +77,11 @@ def load_splits(config: TrainConfig) -> Splits:
     train, val = select_folders(d)
     labels = train.labels
     if d.classes and len(d.classes) != labels.num_classes:
-        raise ValueError(f"data.classes names {len(d.classes)} classes, the masks have {labels.num_classes}")
+        raise ConfigError(f"data.classes names {len(d.classes)} classes, the masks have {labels.num_classes}")
     train_examples = train.load_all()
     val_examples = val.load_all() if val is not None else []
     if not train_examples:
-        raise ValueError("no training images selected")
+        raise DatasetError("no training images selected")
     image = train_examples[0].image
     class_names = list(d.classes or labels.classes)
     splits = Splits(
@@ -91,7 +96,7 @@ def load_splits(config: TrainConfig) -> Splits:
         interior_class=interior_class(class_names, d.rand_class),
     )
     if config.run.threshold == "calibrate" and labels.num_classes != 2:
-        raise ValueError(f"run.threshold: calibrate needs a two-class task; the masks have {labels.num_classes} classes")
+        raise ConfigError(f"run.threshold: calibrate needs a two-class task; the masks have {labels.num_classes} classes")
     return splits
 
 

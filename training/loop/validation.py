@@ -30,7 +30,12 @@ from training.inference.predictor import Predictor, tta_caveat
 from training.loop.averaging import WeightAverage
 from training.loop.batchnorm import recompute_batchnorm
 from training.loop.config import TrainConfig
-from training.loop.evaluate import calibrate, calibrate_bundle, calibration_subset, score
+from training.loop.evaluate import (
+    calibrate,
+    calibrate_bundle,
+    calibration_subset,
+    score,
+)
 from training.loop.splits import Splits
 
 #: Test-time augmentation modes the best bundle's threshold is calibrated for at the end of a run.

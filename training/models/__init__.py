@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.errors import OptionError
 from training.geometry import TileGeometry
 from training.models.classifier import Classifier
 from training.models.smp import build_smp, load_encoder_weights
@@ -52,7 +53,7 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         return build_smp(**arguments)
     if arch == "classifier":
         return Classifier(**arguments)
-    raise ValueError(f"unknown architecture {arch!r}: expected 'unet', 'smp' or 'classifier'")
+    raise OptionError(f"unknown architecture {arch!r}: expected 'unet', 'smp' or 'classifier'")
 
 
 def spec_geometry(spec: dict[str, Any]) -> TileGeometry:
@@ -62,7 +63,7 @@ def spec_geometry(spec: dict[str, Any]) -> TileGeometry:
         return TileGeometry(padding=spec.get("padding", "valid"), depth=spec.get("depth", 4))
     if spec.get("arch") == "smp":
         return TileGeometry(padding="same", depth=spec.get("encoder_depth", 5), halo=0, kind="stride")
-    raise ValueError(f"architecture {spec.get('arch')!r} is not a segmentation network")
+    raise OptionError(f"architecture {spec.get('arch')!r} is not a segmentation network")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -111,7 +112,7 @@ def parse_arch(text: str, in_channels: int = 1, num_classes: int = 2, **options:
         return {"arch": "smp", "name": head[len("smp."):], "encoder": encoder, **base, **given}
     if head == "classifier" and encoder:
         return {"arch": "classifier", "encoder": encoder, **base, **given}
-    raise ValueError(
+    raise OptionError(
         f"unknown architecture {text!r}: use 'unet', 'smp.<Arch>:<encoder>' (e.g. smp.Unet:resnet34) "
         "or 'classifier:<encoder>'"
     )

@@ -14,6 +14,8 @@ import torch
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import nn
 
+from training.errors import OptionError
+
 
 class Classifier(nn.Module):
     """smp encoder -> global average pool -> dropout -> linear."""
@@ -30,7 +32,7 @@ class Classifier(nn.Module):
         try:
             self.encoder = get_encoder(encoder, in_channels=in_channels, depth=encoder_depth, weights=None)
         except (KeyError, ValueError) as error:
-            raise ValueError(f"cannot build classifier with encoder {encoder!r}: {error}") from None
+            raise OptionError(f"cannot build classifier with encoder {encoder!r}: {error}") from None
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(self.encoder.out_channels[-1], num_classes)

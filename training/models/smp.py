@@ -16,8 +16,9 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from training.errors import OptionError
 from training.geometry import TileGeometry
-from training.models.weights import read_state_dict
+from training.models.weights import WeightsError, read_state_dict
 
 #: Prefixes stripped from foreign state-dict keys (DataParallel, our bundles, timm wrappers).
 KEY_PREFIXES = ("module.", "encoder.", "backbone.")
@@ -46,7 +47,7 @@ def build_smp(
             **kwargs,
         )
     except (KeyError, ValueError) as error:
-        raise ValueError(f"cannot build smp {name} with encoder {encoder!r}: {error}") from None
+        raise OptionError(f"cannot build smp {name} with encoder {encoder!r}: {error}") from None
     model.geometry = TileGeometry(padding="same", depth=encoder_depth, halo=0, kind="stride")
     return model
 
@@ -82,14 +83,14 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         if value.ndim == 4 and value.shape[1] != target.shape[1] and value.shape[0] == target.shape[0]:
             value = adapt_first_conv(value, target.shape[1])
         if value.shape != target.shape:
-            raise ValueError(
+            raise WeightsError(
                 f"{path}: weight {key!r} has shape {tuple(value.shape)}, the encoder needs "
                 f"{tuple(target.shape)}"
             )
         matched[key] = value
     missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
     if missing:
-        raise ValueError(
+        raise WeightsError(
             f"{path}: not weights for this encoder: {len(missing)} of its tensors are missing "
             f"(first: {missing[0]!r})"
         )

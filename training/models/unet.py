@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from training.errors import OptionError
 from training.geometry import Padding, TileGeometry
 
 Norm = Literal["batch", "instance", "none"]
@@ -35,7 +36,7 @@ def norm_layer(kind: Norm, channels: int) -> nn.Module:
         return nn.InstanceNorm2d(channels, affine=True)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"norm must be 'batch', 'instance' or 'none', not {kind!r}")
+    raise OptionError(f"norm must be 'batch', 'instance' or 'none', not {kind!r}")
 
 
 class ConvBlock(nn.Sequential):
@@ -111,7 +112,7 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 1 or width < 1:
-            raise ValueError(f"depth and width must be >= 1 (got depth={depth}, width={width})")
+            raise OptionError(f"depth and width must be >= 1 (got depth={depth}, width={width})")
         self.geometry = TileGeometry(padding=padding, depth=depth)
         channels = [width * 2**i for i in range(depth + 1)]
         self.stem = ConvBlock(in_channels, channels[0], padding, norm)

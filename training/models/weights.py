@@ -12,8 +12,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from training.errors import TesseraError
 
-class WeightsError(ValueError):
+
+class WeightsError(TesseraError):
     """A weights file that cannot be read as a state dict of tensors."""
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from training.errors import OptionError
 from training.inference.tiling import TileGrid
 
 #: Aimed-for chunk edge in output pixels (rounded to a whole number of tile steps).
@@ -64,7 +65,7 @@ def chunk_shape(height: int, width: int, step_h: int, step_w: int, chunk: int | 
     at least ``least`` (the map_overlap depth), no more steps than the image needs."""
     target = chunk or CHUNK_TARGET
     if target < 1:
-        raise ValueError(f"chunk must be >= 1 pixel, not {target}")
+        raise OptionError(f"chunk must be >= 1 pixel, not {target}")
 
     def edge(length: int, step: int, minimum: int) -> int:
         return step * min(max(1, round(target / step), -(-minimum // step)), -(-length // step))

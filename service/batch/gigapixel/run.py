@@ -11,7 +11,12 @@ from pathlib import Path
 
 from service.batch.files import job_lock, sweep_temporaries
 from service.batch.gigapixel.graph import padded_input, window_work
-from service.batch.gigapixel.omezarr import PROBABILITIES, pyramid_levels, write_label_image, write_tiff
+from service.batch.gigapixel.omezarr import (
+    PROBABILITIES,
+    pyramid_levels,
+    write_label_image,
+    write_tiff,
+)
 from service.batch.gigapixel.plan import GigapixelJob, plan_chunks
 from service.batch.gigapixel.state import (
     DONE_FOLDER,
@@ -24,6 +29,7 @@ from service.batch.gigapixel.state import (
     output_stem,
 )
 from service.batch.scheduler import PredictorSpec
+from training.errors import OptionError
 from training.io.readers import fit_channels, open_image
 from training.io.writers import move_into_place
 
@@ -76,7 +82,7 @@ def run_gigapixel(
     stem = output_stem(src)
     output, tiff_path = root / f"{stem}.zarr", (root / f"{stem}.tif" if tiff else None)
     if output.resolve() == src.resolve() or (tiff_path is not None and tiff_path.resolve() == src.resolve()):
-        raise ValueError(f"{src}: the output would overwrite the input; choose another DST")
+        raise OptionError(f"{src}: the output would overwrite the input; choose another DST")
     report = GigapixelReport(src=str(src), dst=str(root), output=str(output), scheduler=runner.description,
                              tiff=str(tiff_path) if tiff_path else None)
     with job_lock(root):

@@ -14,7 +14,7 @@ import zarr
 from service.batch import segment_gigapixel
 from service.batch.gigapixel.plan import chunk_shape
 from service.batch.gigapixel.state import DONE_FOLDER, output_stem
-from tests.batch_support import TILE, leftovers, make_bundle, make_slide, tree_bytes
+from tests.support.batch import TILE, leftovers, make_slide, tree_bytes
 from training.inference.predictor import Predictor
 from training.io.writers import encode_probabilities
 
@@ -23,11 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 #: Chunk edge asked for: 2 tile steps of 52 px.
 CHUNK = 104
 HEIGHT, WIDTH = 250, 330
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")

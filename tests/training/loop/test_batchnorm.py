@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from tests.conftest import TINY_UNET
+from tests.support.bundles import TINY_UNET
 from training.loop.batchnorm import recompute_batchnorm
 from training.models import build_model
 

@@ -13,17 +13,12 @@ from service.batch.folder import FolderOptions, run_folder
 from service.batch.gigapixel import run_gigapixel
 from service.batch.scheduler import PredictorSpec, parse_scheduler
 from training.inference.options import InferenceOptions
-from tests.batch_support import TILE, local2, leftovers, make_bundle, make_folder, make_slide, tree_bytes  # noqa: F401 (fixture)
+from tests.support.batch import TILE, leftovers, make_folder, make_slide, tree_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 #: Gigapixel chunk edge (2 tile steps): 12 chunks for the slide below.
 CHUNK = 104
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
 
 
 def test_folder_job_on_local_2_equals_in_process(bundle: Path, local2, tmp_path: Path) -> None:

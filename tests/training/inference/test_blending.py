@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from tests.conftest import TINY_UNET
-from tests.test_predictor import SMALL_SMP, assert_exact, make_bundle, random_image
+from tests.support.bundles import SMALL_SMP, TINY_UNET, make_bundle
+from tests.support.exact import assert_exact
+from tests.support.images import random_image
 from training.inference.blending import WEIGHT_FLOOR, BandBlender, gaussian_importance
-from training.bundle import Bundle, new_bundle_info
 from training.geometry import TileGeometry
-from training.models import build_model
-from training.normalization import Normalization
 from training.inference.predictor import Predictor
 from training.inference.tiling import TileGrid
 from training.io.writers import Sink, label_dtype
@@ -22,11 +19,6 @@ SAME = TileGeometry(padding="same", depth=3, halo=12, kind="stride")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def gray() -> Bundle:
-    return make_bundle(TINY_UNET)
 
 
 def test_importance_map_is_a_centred_gaussian_peaking_at_one():
@@ -158,10 +150,8 @@ def test_same_padded_smp_blends_within_its_halo_to_the_whole_image_pass(isbi_sli
     """Same padding: each tile blends only its output inside the measured halo, so overlapping tiles
     agree and the mean matches the whole-image pass (measured max |p diff| 1e-6 here, 2e-4 for
     crop-only stitching, whose tiles each see just one halo's context)."""
-    torch.manual_seed(0)
-    model = build_model(SMALL_SMP).eval()
-    info = new_bundle_info(SMALL_SMP, model, ["a", "b"], Normalization())
-    predictor = Predictor(Bundle(model=model, info=info), device="cpu", tile=256, blend="gaussian")
+    bundle = make_bundle(SMALL_SMP, classes=["a", "b"], batchnorm_statistics=False)
+    predictor = Predictor(bundle, device="cpu", tile=256, blend="gaussian")
     grid = predictor.grid(512, 512)
     assert (grid.span_h, grid.step_h, len(grid)) == (128, 96, 25)
     blended = predictor.predict(isbi_slice, probabilities=True)
@@ -171,7 +161,7 @@ def test_same_padded_smp_blends_within_its_halo_to_the_whole_image_pass(isbi_sli
 
 
 def test_instance_norm_warning_names_the_blend_option():
-    bundle = make_bundle({**TINY_UNET, "norm": "instance"})
+    bundle = make_bundle({**TINY_UNET, "norm": "instance"}, probe="noise", each_class=True)
     with pytest.warns(UserWarning, match=r"blend='gaussian' \(tessera predict --blend gaussian\)"):
         Predictor(bundle, device="cpu")
     with pytest.warns(UserWarning, match="not exact") as caught:

@@ -8,17 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from service.batch import prepare, segment_gigapixel
 from service.batch.gigapixel.plan import plan_chunks
-from tests.batch_support import TILE, make_slide, smooth_image
-from training.bundle import new_bundle_info, save_bundle
+from tests.support.batch import CLASSES, TILE, blob_probe, make_slide
+from tests.support.bundles import make_bundle
 from training.inference.predictor import Predictor
 from training.io.writers import encode_probabilities
-from training.models import build_model
-from training.normalization import Normalization
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:this model normalises")]
 
@@ -33,16 +30,9 @@ HEIGHT, WIDTH = 250, 330
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    """The instance-norm U-Net, random weights, its head shifted so both classes occur."""
-    torch.manual_seed(0)
-    model = build_model(INSTANCE_UNET).eval()
-    head = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-    pixels = torch.from_numpy(smooth_image(TILE, TILE, 0).astype(np.float32) / 255.0)
-    with torch.no_grad():
-        logits = model(((pixels - pixels.mean()) / pixels.std())[None, None])[0]
-        head.bias[1] -= float((logits[1] - logits[0]).median())
+    """The instance-norm U-Net, random weights, its head centred so both classes occur."""
     path = tmp_path_factory.mktemp("bundle") / "instance.safetensors"
-    return save_bundle(path, model, new_bundle_info(INSTANCE_UNET, model, ["background", "cell"], Normalization()))
+    return make_bundle(INSTANCE_UNET, path, classes=CLASSES, batchnorm_statistics=False, probe=blob_probe()).path
 
 
 @pytest.fixture(scope="module")

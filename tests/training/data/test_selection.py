@@ -12,8 +12,9 @@ from training.data.dataset import ISBI_HOLDOUT, ISBI_TRAIN, DatasetError, Segmen
 from training.data.selection import SelectionError, parse_positions, select
 from training.loop.config import load_config
 from training.loop.splits import select_folders
+from tests.support.paths import ROOT
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = ROOT / "configs"
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import ROOT
 from training.loop.config import ConfigError, load_config
 
 BASE = ["data.images=img", "data.masks=mask"]
@@ -68,7 +69,7 @@ def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_shipped_recipe_loads() -> None:
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "isbi2012.yaml")
+    config = load_config(ROOT / "configs" / "isbi2012.yaml")
     assert config.model.arch == "unet" and config.model.padding == "valid"
     assert Path(config.data.images).is_dir() and Path(config.data.masks).is_dir()
     assert config.data.train == ["0-24"] and config.data.val == ["25-29"]

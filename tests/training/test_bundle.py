@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import TINY_UNET, randomise_batchnorm
+from tests.support.bundles import TINY_UNET, randomise_batchnorm
 from training.bundle import BundleError, load_bundle, new_bundle_info, read_bundle_info, save_bundle
 from training.models import build_model, parse_arch
 from training.normalization import Normalization

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,9 +19,9 @@ import bentoml
 import pytest
 import yaml
 
-from tests.service_support import stop_process_group
+from tests.support.paths import ROOT
+from tests.support.server import free_port, stop_process_group
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
 BENTOFILE = ROOT / "bentofile.yaml"
@@ -138,12 +137,6 @@ def test_bentofile_pins_exactly_the_project_dependencies():
     assert config["python"]["lock_packages"] is False
     assert "cuda_version" not in config.get("docker", {})
     assert "training/assets/default.safetensors" in config["include"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_ready(url: str, process: subprocess.Popen, seconds: float) -> int:

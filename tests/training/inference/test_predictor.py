@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_UNET, randomise_batchnorm
-from training.bundle import Bundle, load_bundle, new_bundle_info
+from tests.support.bundles import SMALL_SMP, TINY_UNET, make_bundle
+from tests.support.exact import assert_exact
+from tests.support.images import random_image
+from training.bundle import Bundle, load_bundle
 from training.device import BatchRunner, resolve_device
 from training.io.images import ImageError
-from training.models import build_model
 from training.normalization import Normalization
 from training.inference.predictor import Predictor
 from training.inference.tta import tta_caveat
@@ -26,51 +27,9 @@ ONE_CLASS = {**TINY_UNET, "num_classes": 1}
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def make_bundle(spec: dict, seed: int = 0) -> Bundle:
-    """A random tiny model whose head bias is centred so that every class occurs in its labels."""
-    torch.manual_seed(seed)
-    model = randomise_batchnorm(build_model(spec), seed).eval()
-    probe = torch.rand(1, spec["in_channels"], 140, 140, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        logits = model(probe)
-        centre = logits.median(-1).values.median(-1).values[0]
-        model.head.bias -= centre - (centre.mean() if spec["num_classes"] > 1 else 0)
-    classes = [f"c{i}" for i in range(spec["num_classes"])]
-    return Bundle(model=model, info=new_bundle_info(spec, model, classes, Normalization()))
-
-
-def random_image(shape: tuple[int, ...], seed: int = 0, dtype=np.uint8) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    if dtype == np.float32:
-        return rng.random(shape, dtype=np.float32)
-    return rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype)
-
-
-#: Probability margin between the two likeliest classes below which float32 round-off (the
-#: tiled and whole passes run convolutions of different sizes: ~1e-7) may decide the label.
-FLOAT_TIE = 1e-6
-
-
-def assert_exact(tiled, whole) -> None:
-    """max |p diff| <= 1e-5 and identical labels, except at float32 ties (two classes within
-    :data:`FLOAT_TIE`), of which at most one pixel per image may differ."""
-    assert tiled.labels.dtype == np.uint8 and tiled.labels.shape == whole.labels.shape
-    assert np.abs(tiled.probabilities - whole.probabilities).max() <= 1e-5
-    differ = tiled.labels != whole.labels
-    if differ.any():
-        top = np.sort(whole.probabilities, axis=0)
-        margin = top[-1] - (top[-2] if top.shape[0] > 1 else 1 - top[-1])
-        assert differ.sum() <= 1 and (np.abs(margin[differ]) <= FLOAT_TIE).all()
-
-
-@pytest.fixture(scope="module")
-def gray() -> Bundle:
-    return make_bundle(TINY_UNET)
-
-
 @pytest.fixture(scope="module")
 def rgb() -> Bundle:
-    return make_bundle(RGB_UNET, seed=1)
+    return make_bundle(RGB_UNET, seed=1, probe="noise", each_class=True)
 
 
 @pytest.mark.parametrize("shape", [(1000, 777), (3, 5), (1, 1), (130, 61)])
@@ -183,7 +142,7 @@ def test_normalisation_is_per_image_not_per_tile(gray):
 
 
 def test_one_class_model_uses_sigmoid_and_threshold():
-    predictor = Predictor(make_bundle(ONE_CLASS), device="cpu", tile=100)
+    predictor = Predictor(make_bundle(ONE_CLASS, probe="noise", each_class=True), device="cpu", tile=100)
     image = random_image((120, 90), seed=9)
     tiled = predictor.predict(image, probabilities=True)
     whole = predictor.predict_whole(image)
@@ -313,22 +272,14 @@ def test_tile_auto_measures_valid_candidates_within_the_budget(gray):
     assert list(small.throughput) == [min(choice.throughput)]
 
 
-SMALL_SMP = {"arch": "smp", "name": "Unet", "encoder": "resnet18", "in_channels": 1, "num_classes": 2,
-             "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
-
-
 def test_same_padded_smp_agrees_with_whole_image_within_1e4(isbi_slice):
     """Crop-only stitching with the measured halo: label disagreement <= 1e-4 of the pixels
     (measured 3.8e-6 here); half the halo is visibly worse, so the test can fail."""
-    torch.manual_seed(0)
-    model = build_model(SMALL_SMP).eval()
-    with torch.no_grad():  # centre the head so both classes occur (random weights)
-        pixels = torch.from_numpy(Normalization.apply(isbi_slice, *Normalization().statistics(isbi_slice)))[None]
-        logits = model(pixels)[0]
-        model.segmentation_head[0].bias[1] -= (logits[1] - logits[0]).median()
-    info = new_bundle_info(SMALL_SMP, model, ["a", "b"], Normalization())
+    # centre the head on the slice so both classes occur (random weights)
+    pixels = torch.from_numpy(Normalization.apply(isbi_slice, *Normalization().statistics(isbi_slice)))[None]
+    bundle = make_bundle(SMALL_SMP, classes=["a", "b"], batchnorm_statistics=False, probe=pixels)
+    model, info = bundle.model, bundle.info
     assert info.geometry.padding == "same" and info.geometry.halo == 64 and info.tile["input"] == 512
-    bundle = Bundle(model=model, info=info)
     predictor = Predictor(bundle, device="cpu", tile=256)
     assert len(predictor.grid(512, 512)) == 16  # 128 px kept per tile: many seams
     tiled = predictor.predict(isbi_slice)
@@ -344,13 +295,13 @@ def test_same_padded_smp_agrees_with_whole_image_within_1e4(isbi_slice):
 
 def test_instance_norm_models_warn_that_tiling_is_not_exact():
     with pytest.warns(UserWarning, match="instance/group norm"):
-        Predictor(make_bundle({**TINY_UNET, "norm": "instance"}), device="cpu")
+        Predictor(make_bundle({**TINY_UNET, "norm": "instance"}, probe="noise", each_class=True), device="cpu")
 
 
 def test_default_cpu_batch_makes_regions_byte_identical_for_a_wider_model():
     """Wider layers take different oneDNN paths per batch size (last-bit differences); with the
     default CPU batch a block computed alone equals the same block of a whole run bit for bit."""
-    bundle = make_bundle({**TINY_UNET, "width": 16}, seed=3)
+    bundle = make_bundle({**TINY_UNET, "width": 16}, seed=3, probe="noise", each_class=True)
     predictor = Predictor(bundle, device="cpu", tile=148)
     image = random_image((333, 301), seed=12)
     full = predictor.predict(image, probabilities=True)

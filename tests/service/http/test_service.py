@@ -23,7 +23,8 @@ from PIL import Image
 from scipy import ndimage
 
 from service.cli import main as tessera
-from tests.service_support import ISBI_SLICE, SMALL_THRESHOLD, TEST_MAX_UPLOAD_BYTES
+from tests.support.paths import ISBI_SLICE
+from tests.support.server import SMALL_THRESHOLD, TEST_MAX_UPLOAD_BYTES
 from training.io.images import decode_image, read_image
 from training.io.overlay import overlay
 from training.inference.predictor import Predictor

@@ -16,18 +16,13 @@ import zarr
 from service.batch import segment_folder
 from service.batch.files import UnsafeNameError, job_lock, safe_relative
 from service.cli import main
-from tests.batch_support import TILE, make_bundle, make_folder, tree_bytes
+from tests.support.batch import TILE, make_folder, tree_bytes
 from training.io.images import read_image
 from training.io.overlay import overlay
 from training.inference.predictor import Predictor
 from training.io.writers import encode_png, encode_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
 
 
 def manifest(dst: Path) -> dict[str, dict]:
@@ -124,7 +119,7 @@ def test_blend_gaussian_folder_job_equals_the_blending_predictor_and_is_a_settin
     tifffile.imwrite(tmp_path / "slide.tif", pixels)
     out = tmp_path / "out"
     assert main(["batch", str(bundle), str(tmp_path / "slide.tif"), str(out), "--tile", str(TILE), "--blend", "gaussian",
-                 "--quiet"]) == 0  # gigapixel jobs blend too (tests/test_batch_gigapixel_blend.py)
+                 "--quiet"]) == 0  # gigapixel jobs blend too (tests/service/batch/test_batch_gigapixel_blend.py)
     np.testing.assert_array_equal(zarr.open_array(str(out / "slide.zarr" / "0"), mode="r")[:], predictor.predict(pixels).labels)
 
 

@@ -20,12 +20,12 @@ from service.batch.folder import FolderOptions, run_folder
 from service.batch.gigapixel import run_gigapixel
 from service.batch.gigapixel.state import DONE_FOLDER
 from service.cli import main
-from tests.batch_support import TILE, local2, leftovers, make_bundle, make_folder, make_slide, tree_bytes  # noqa: F401 (fixture)
+from tests.support.batch import TILE, leftovers, make_folder, make_slide, tree_bytes
+from tests.support.paths import ROOT
 from training.io.writers import encode_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-REPO = Path(__file__).resolve().parents[1]
 #: Longest wait for a subprocess or a job to reach the point where the test kills it, seconds.
 WAIT = 120
 #: Gigapixel chunk edge: one tile step (52 px), so the slide below has many small chunks.
@@ -34,11 +34,6 @@ SLIDE = (312, 364)  # 6 x 7 = 42 chunks
 CHUNKS = 42
 #: Images in the folder runs that get killed.
 IMAGES = 24
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
 
 
 def wait_for(condition, what: str, process: subprocess.Popen | None = None) -> None:
@@ -53,7 +48,7 @@ def wait_for(condition, what: str, process: subprocess.Popen | None = None) -> N
 
 def start_cli(*args: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "service.cli", "batch", *args, "--tile", str(TILE), "--threads", "1", "--quiet"]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def manifest_lines(dst: Path) -> int:

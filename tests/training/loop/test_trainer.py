@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from tests.support.paths import ISBI
 from training.loop.batchnorm import recompute_batchnorm
 from training.bundle import load_bundle, read_bundle_info
 from training.loop.config import load_config
 from training.inference.predictor import Predictor
 from training.loop.trainer import Trainer
 
-ISBI = Path(__file__).resolve().parents[1] / "training" / "assets" / "isbi2012"
 #: Crop of each slice used (pixels per side) and the slices: two train, one validation.
 CROP = 128
 SLICES = ("0", "1", "25")

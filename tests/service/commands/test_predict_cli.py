@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
-import torch
 import zarr
 
 from service.cli import main
-from tests.conftest import ISBI, TINY_UNET
-from tests.test_predictor import make_bundle, random_image
+from tests.support.bundles import TINY_UNET, make_bundle
+from tests.support.images import random_image
+from tests.support.paths import ISBI
 from training.bundle import save_bundle
 from training.io.images import ImageError, read_image
 from training.io.overlay import overlay
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory):
     """A tiny U-Net whose default tile (428 px: 388 output) needs 2 x 2 tiles on a 512² slice."""
-    bundle = make_bundle(TINY_UNET)
+    bundle = make_bundle(TINY_UNET, probe="noise", each_class=True)
     bundle.info.tile = {"input": 428}
     return save_bundle(tmp_path_factory.mktemp("model") / "tiny.safetensors", bundle.model, bundle.info)
 
@@ -132,7 +132,7 @@ def test_readers_present_planar_rgb_channels_last_and_fit_gray_to_rgb(tmp_path):
     tifffile.imwrite(tmp_path / "gray.tif", gray)
     fitted = fit_channels(open_image(tmp_path / "gray.tif"), 3)
     assert fitted.shape == (40, 50, 3) and np.array_equal(fitted[:, :][..., 2], gray)
-    model = make_bundle(RGB_UNET)
+    model = make_bundle(RGB_UNET, probe="noise", each_class=True)
     rgb_predictor = Predictor(model, device="cpu", tile=100)
     sink = np.zeros((40, 50), np.uint8)
     rgb_predictor.predict_to(open_image(tmp_path / "gray.tif"), labels=sink)

@@ -6,6 +6,7 @@ border."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import dask.array as da
@@ -18,10 +19,10 @@ from service.batch import prepare
 from service.batch.gigapixel.graph import padded_input, segment_block, segmentation
 from service.batch.gigapixel.plan import GigapixelJob, plan_chunks
 from service.batch.scheduler import adopt_predictor, release_predictor
-from tests.batch_support import TILE, make_bundle, smooth_image
-from training.bundle import new_bundle_info, save_bundle
+from tests.support.batch import TILE
+from tests.support.bundles import make_bundle
+from tests.support.images import smooth_image
 from training.mirror import mirror_pad
-from training.models import build_model
 from training.normalization import Normalization
 from training.io.writers import encode_probabilities
 
@@ -36,25 +37,21 @@ SMP_TILE = 256
 
 def smp_bundle(path: Path, image: np.ndarray) -> Path:
     """The RGB smp model with random weights, its head centred on ``image`` so both classes occur."""
-    torch.manual_seed(0)
-    model = build_model(RGB_SMP).eval()
-    with torch.no_grad():
-        pixels = torch.from_numpy(Normalization.apply(image, *Normalization().statistics(image)))[None]
-        logits = model(pixels)[0]
-        model.segmentation_head[0].bias[1] -= (logits[1] - logits[0]).median()
-    return save_bundle(path, model, new_bundle_info(RGB_SMP, model, ["a", "b"], Normalization()))
+    pixels = torch.from_numpy(Normalization.apply(image, *Normalization().statistics(image)))[None]
+    return make_bundle(RGB_SMP, path, classes=["a", "b"], batchnorm_statistics=False, probe=pixels).path
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray, int, int]]:
-    """name -> (bundle, image written as a tiled TIFF next to it, tile, chunk)."""
+def cases(bundle: Path, tmp_path_factory) -> dict[str, tuple[Path, np.ndarray, int, int]]:
+    """name -> (bundle, image written as a tiled TIFF next to it, tile, chunk); the valid U-Net is
+    a copy of the batch tests' ``bundle``."""
     root = tmp_path_factory.mktemp("overlap")
     gray = smooth_image(250, 330, 7)  # 250 = 2 x 104 + 42, 330 = 3 x 104 + 18
     rgb = np.stack([smooth_image(300, 420, seed) for seed in (1, 2, 3)], axis=-1)  # 300 = 2 x 128 + 44
     tifffile.imwrite(root / "gray.tif", gray, tile=(64, 64))
     tifffile.imwrite(root / "rgb.tif", rgb, tile=(64, 64), photometric="rgb")
     return {
-        "valid-unet": (make_bundle(root / "unet.safetensors"), gray, TILE, 104),
+        "valid-unet": (Path(shutil.copy(bundle, root / "unet.safetensors")), gray, TILE, 104),
         "same-smp": (smp_bundle(root / "smp.safetensors", rgb), rgb, SMP_TILE, 128),
     }
 

@@ -13,9 +13,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from service.cli import build_parser, main
+from tests.support.paths import ISBI
 from training.bundle import file_sha256, read_bundle_info
-
-ISBI = Path(__file__).resolve().parents[1] / "training" / "assets" / "isbi2012"
 
 
 @pytest.fixture(scope="module")
