@@ -48,12 +48,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from training.bundle import DEFAULT_BUNDLE, Bundle, load_bundle, new_bundle_info, save_bundle  # noqa: E402
-from training.io.images import read_image  # noqa: E402
-from training.models import build_model  # noqa: E402
-from training.normalization import Normalization  # noqa: E402
+from training.data.dataset import ISBI_TRAIN  # noqa: E402
 from training.inference.halo import measure_bundle_halo, with_halo  # noqa: E402
 from training.inference.predictor import Predictor  # noqa: E402
 from training.inference.tilefit import fit_tile  # noqa: E402
+from training.io.images import read_image  # noqa: E402
+from training.models import build_model  # noqa: E402
+from training.normalization import Normalization  # noqa: E402
 
 ISBI = ROOT / "training" / "assets" / "isbi2012" / "image"
 #: A valid U-Net of the shipped model's size (width 16, depth 4).
@@ -105,8 +106,6 @@ def trained_smp_bundle(cache: Path = SMP_CACHE) -> tuple[Bundle, dict]:
     if cache.is_file():
         bundle = load_bundle(cache)
         return bundle, {**bundle.info.provenance.get("bench_training", {}), "cached": True}
-    from training.data.dataset import ISBI_TRAIN
-
     labels_dir = ISBI.parent / "label"
     images = [read_image(ISBI / f"{i}.png") for i in ISBI_TRAIN]
     targets = [(read_image(labels_dir / f"{i}.png") > 127).astype(np.int64) for i in ISBI_TRAIN]

@@ -28,6 +28,7 @@ from pathlib import Path
 from service.commands.labelled import add_dataset_options, labelled_folder
 from training.bundle import BundleError
 from training.data.dataset import ISBI_TRAIN
+from training.errors import OptionError
 from training.loop.config import CALIBRATION_METRICS
 
 EXAMPLES = """\
@@ -119,7 +120,7 @@ def calibrate_halo(args: argparse.Namespace, bundle, examples: list) -> int:
     from training.inference.halo import measure_bundle_halo
 
     if bundle.info.geometry.padding != "same":
-        raise ValueError(f"{args.bundle}: a valid-padded U-Net; its halo is its margin "
+        raise OptionError(f"{args.bundle}: a valid-padded U-Net; its halo is its margin "
                          f"({bundle.info.geometry.margin} px) and tiles are exact, nothing to calibrate")
     measured = measure_bundle_halo(bundle, [e.image for e in examples], device=args.device)
     info = measured.info

@@ -24,17 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from training.bundle import Bundle, BundleInfo
-from training.geometry import TileGeometry
+from training.bundle import Bundle
+from training.errors import OptionError
+from training.inference.halo_record import HALO_PRESETS, HaloScan, preset_target, with_scan
+from training.inference.predictor import Predictor
 
-#: Preset name -> share of pixels whose label may differ from the whole-image pass.
-HALO_PRESETS: dict[str, float] = {"default": 1e-3, "exact": 1e-4}
 #: Tile input sizes the scan runs (pixels per side): the sizes the image-aware choice picks from
 #: on a CPU (larger tiles keep their pixels further from a seam, so they agree at least as well).
 SCAN_TILES = (512, 768)
@@ -45,61 +43,11 @@ SCAN_MAX_STRIDES = 8
 SCAN_MOSAIC = 1024
 
 
-@dataclass
-class HaloScan:
-    """What :func:`scan_halos` measured.
-
-    Attributes:
-        agreement: halo (pixels) -> share of labels equal to the whole-image pass, the worst over
-            ``tiles``, for every halo the scan ran (ascending).
-        tiles: tile input sizes the agreement was measured at.
-        pixels: image pixels compared per tile size and halo.
-        presets: preset name -> ``{"halo", "agreement", "target", "reached"}``.
-    """
-
-    agreement: dict[int, float]
-    tiles: list[int]
-    pixels: int
-    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def halo_for(self, preset: str) -> int:
-        """The halo of ``preset`` (ValueError naming the measured ones when it was not measured)."""
-        if preset not in self.presets:
-            raise ValueError(f"no measured halo for preset {preset!r}; measured: {', '.join(self.presets) or 'none'}")
-        return int(self.presets[preset]["halo"])
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored in a bundle (``BundleInfo.halo``)."""
-        return {
-            "method": "agreement",
-            "agreement": {str(h): a for h, a in self.agreement.items()},
-            "tiles": list(self.tiles),
-            "pixels": self.pixels,
-            "presets": self.presets,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HaloScan:
-        return cls(
-            agreement={int(h): float(a) for h, a in data.get("agreement", {}).items()},
-            tiles=[int(t) for t in data.get("tiles", [])],
-            pixels=int(data.get("pixels", 0)),
-            presets=dict(data.get("presets", {})),
-        )
-
-
-def preset_target(preset: str) -> float:
-    """The agreement a preset asks for (1 - the share of labels allowed to differ)."""
-    if preset not in HALO_PRESETS:
-        raise ValueError(f"halo preset must be one of {', '.join(HALO_PRESETS)}, not {preset!r}")
-    return 1.0 - HALO_PRESETS[preset]
-
-
 def mosaic(images: Sequence[np.ndarray], size: int = SCAN_MOSAIC, count: int = 1) -> list[np.ndarray]:
     """``count`` images of ``size x size`` pixels, each laid out from ``images`` row by row (cycled,
     then cropped): enough room for several tiles and their seams."""
     if not images:
-        raise ValueError("the halo scan needs at least one image")
+        raise OptionError("the halo scan needs at least one image")
     height, width = images[0].shape[:2]
     per_side = -(-size // min(height, width))
     laid: list[np.ndarray] = []
@@ -107,7 +55,7 @@ def mosaic(images: Sequence[np.ndarray], size: int = SCAN_MOSAIC, count: int = 1
         pick = [images[(k * per_side**2 + i) % len(images)] for i in range(per_side**2)]
         crops = [p[:height, :width] for p in pick]
         if any(c.shape[:2] != (height, width) for c in crops):
-            raise ValueError("mosaic images must all be at least as large as the first one")
+            raise OptionError("mosaic images must all be at least as large as the first one")
         rows = [np.concatenate(crops[r * per_side : (r + 1) * per_side], 1) for r in range(per_side)]
         laid.append(np.ascontiguousarray(np.concatenate(rows, 0)[:size, :size]))
     return laid
@@ -122,8 +70,6 @@ def with_halo(bundle: Bundle, halo: int) -> Bundle:
 def halo_agreement(bundle: Bundle, images: Sequence[np.ndarray], halo: int, tile: int, device: str | torch.device = "cpu") -> tuple[float, int]:
     """Share of labels of the tiled pass (``tile``, ``halo``) equal to the whole-image pass of the
     same predictor, over ``images``; and the number of pixels compared."""
-    from training.inference.predictor import Predictor
-
     predictor = Predictor(with_halo(bundle, halo), device=device, tile=tile, threshold="bundle")
     equal = total = 0
     for image in images:
@@ -157,7 +103,7 @@ def scan_halos(
     """
     geometry = bundle.info.geometry
     if geometry is None or geometry.padding != "same":
-        raise ValueError("the halo is measured for same-padded networks; a valid U-Net's halo is its margin")
+        raise OptionError("the halo is measured for same-padded networks; a valid U-Net's halo is its margin")
     sizes = scan_tiles(bundle, tiles)
     stride = geometry.stride
     ceiling = max_halo or SCAN_MAX_STRIDES * stride
@@ -172,50 +118,13 @@ def scan_halos(
         if agreement[halo] >= max(targets.values()):
             break
     if not agreement:
-        raise ValueError(f"tiles {sizes} are too small for any halo on the {stride} px grid")
+        raise OptionError(f"tiles {sizes} are too small for any halo on the {stride} px grid")
     scan = HaloScan(agreement=agreement, tiles=sizes, pixels=pixels)
     for name, target in targets.items():
         reached = [h for h, a in agreement.items() if a >= target]
         halo = reached[0] if reached else max(agreement, key=lambda h: (agreement[h], -h))
         scan.presets[name] = {"halo": halo, "agreement": agreement[halo], "target": target, "reached": bool(reached)}
     return scan
-
-
-def override_note(halo_record: dict[str, Any] | None, halo: int) -> str:
-    """The warning an explicit halo gets: what the bundle's scan measured at that halo, if it ran it."""
-    text = f"halo {halo} px overrides the bundle's measured halo"
-    if not halo_record:
-        return text + " (this bundle has no agreement scan: tessera calibrate --halo measures one)"
-    scan = HaloScan.from_dict(halo_record)
-    presets = ", ".join(f"{name} {p['halo']} px" for name, p in scan.presets.items())
-    if halo in scan.agreement:
-        return (f"{text} ({presets}): labels equal to the whole-image pass on {scan.agreement[halo]:.4%} "
-                f"of the pixels at {halo} px (measured at tiles {scan.tiles})")
-    return f"{text} ({presets}); agreement at {halo} px was not measured (measured: {sorted(scan.agreement)} px)"
-
-
-def impulse_halo(info: BundleInfo) -> int:
-    """The impulse-response halo of a bundle: recorded beside a scan, else the geometry's."""
-    return int(info.halo.get("impulse", info.geometry.halo))
-
-
-def with_scan(info: BundleInfo, scan: HaloScan) -> BundleInfo:
-    """``info`` with the scan stored (``info.halo``, the impulse halo kept beside it) and the
-    geometry's halo set to the ``default`` preset's, so every predictor uses it unless told."""
-    record = {**scan.to_dict(), "impulse": impulse_halo(info)}
-    halo = scan.halo_for("default") if "default" in scan.presets else info.geometry.halo
-    return dataclasses.replace(info, geometry=dataclasses.replace(info.geometry, halo=halo), halo=record)
-
-
-def preset_halo(info: BundleInfo, preset: str) -> tuple[int, str | None]:
-    """The halo of ``preset`` for a bundle, and a note when it falls back to the impulse halo
-    (bundles measured without images)."""
-    preset_target(preset)
-    if not info.halo.get("presets"):
-        return impulse_halo(info), (f"this bundle has no measured halo presets: the impulse-response halo "
-                                    f"({impulse_halo(info)} px) stands in for {preset!r}; "
-                                    "tessera calibrate --halo measures them")
-    return HaloScan.from_dict(info.halo).halo_for(preset), None
 
 
 def measure_bundle_halo(
@@ -230,21 +139,3 @@ def measure_bundle_halo(
         images = mosaic(images, SCAN_MOSAIC)
     scan = scan_halos(bundle, images, tiles=tiles, device=device)
     return Bundle(model=bundle.model, info=with_scan(bundle.info, scan), path=bundle.path)
-
-
-def resolve_halo(info: BundleInfo, halo: int | str | None) -> tuple[TileGeometry, str | None]:
-    """The bundle's geometry with the halo ``halo`` asks for (None: the bundle's; a preset name;
-    pixels) and the warning it deserves: a number overriding the measured halo, or a preset falling
-    back to the impulse-response radius. ValueError for a valid U-Net (its context is its margin)."""
-    geometry = info.geometry
-    if halo is None:
-        return geometry, None
-    if geometry.padding != "same":
-        raise ValueError("halo applies to same-padded networks; a valid U-Net's tiles read its margin "
-                         f"({geometry.margin} px) and are exact")
-    note = None
-    if isinstance(halo, str):
-        halo, note = preset_halo(info, halo)
-    elif halo != geometry.halo:
-        note = override_note(info.halo, halo)
-    return dataclasses.replace(geometry, halo=int(halo)), note

@@ -20,6 +20,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from training.device import PRECISIONS
 from training.errors import OptionError
 from training.inference.blending import (
     DEFAULT_OVERLAP,
@@ -147,7 +148,7 @@ def _check_tile(tile: int | str | None) -> int | str | None:
 
 
 def _check_batch_size(batch_size: int | None) -> int | None:
-    """``None`` or a whole number >= 1; ValueError otherwise."""
+    """``None`` or a whole number >= 1; OptionError otherwise."""
     if batch_size is None:
         return None
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
@@ -156,7 +157,7 @@ def _check_batch_size(batch_size: int | None) -> int | None:
 
 
 def _check_threshold(threshold: float | str | None) -> float | str | None:
-    """``"bundle"``, ``None`` or a probability in [0, 1] (a float); ValueError otherwise."""
+    """``"bundle"``, ``None`` or a probability in [0, 1] (a float); OptionError otherwise."""
     if threshold is None or threshold == BUNDLE_THRESHOLD:
         return threshold
     try:
@@ -171,23 +172,21 @@ HALO_NAMES = ("default", "exact")
 
 
 def _check_halo(halo: int | str | None) -> int | str | None:
-    """``None``, a preset name or a number of pixels >= 0; ValueError otherwise."""
+    """``None``, a preset name or a number of pixels >= 0; OptionError otherwise."""
     if halo is None or halo in HALO_NAMES:
         return halo
     if isinstance(halo, str) and halo.strip().isdigit():
         halo = int(halo)
     if not isinstance(halo, numbers.Integral) or isinstance(halo, bool) or halo < 0:
-        raise ValueError(f"halo must be {' or '.join(HALO_NAMES)} or a number of pixels, not {halo!r}")
+        raise OptionError(f"halo must be {' or '.join(HALO_NAMES)} or a number of pixels, not {halo!r}")
     return int(halo)
 
 
 def _check_precision(precision: str) -> str:
     """A :data:`training.device.PRECISIONS` name; ValueError otherwise (whether the device can run
     it is the predictor's check)."""
-    from training.device import PRECISIONS
-
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     return str(precision)
 
 
@@ -200,7 +199,7 @@ def _check_tile_rates(rates: Any) -> tuple[tuple[int, float], ...] | None:
     try:
         checked = tuple(sorted((int(size), float(rate)) for size, rate in pairs))
     except (TypeError, ValueError):
-        raise ValueError(f"tile_rates must map tile sizes to pixels per second, not {rates!r}") from None
+        raise OptionError(f"tile_rates must map tile sizes to pixels per second, not {rates!r}") from None
     if not checked or any(size < 1 or rate <= 0 for size, rate in checked):
-        raise ValueError(f"tile_rates must map tile sizes >= 1 to positive rates, not {rates!r}")
+        raise OptionError(f"tile_rates must map tile sizes >= 1 to positive rates, not {rates!r}")
     return checked

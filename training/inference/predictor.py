@@ -50,7 +50,7 @@ from training.geometry import TileGeometry
 from training.inference.autotile import AUTO_TILE_CANDIDATES, TileChoice, choose_tile
 from training.inference.blending import BandBlender
 from training.inference.decision import check_threshold, decide
-from training.inference.halo import resolve_halo
+from training.inference.halo_record import resolve_halo
 from training.inference.options import AUTO_TILE, BUNDLE_THRESHOLD, InferenceOptions
 from training.inference.prefetch import prefetch
 from training.inference.tilefit import fit_tile

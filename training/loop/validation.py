@@ -26,6 +26,7 @@ from torch import nn
 
 from training.bundle import BundleInfo, load_bundle, save_bundle
 from training.data.patches import UNIFORM_WEIGHTS, PatchDataset
+from training.inference.halo import measure_bundle_halo
 from training.inference.predictor import Predictor, tta_caveat
 from training.loop.averaging import WeightAverage
 from training.loop.batchnorm import recompute_batchnorm
@@ -133,8 +134,6 @@ class Validation:
         """Measure the halo of the same-padded bundle at ``path`` on the validation images
         (training images when there are none) and store it (:mod:`training.inference.halo`);
         returns the presets (halo and agreement of each)."""
-        from training.inference.halo import measure_bundle_halo
-
         examples = self.splits.val_examples or self.splits.train_examples
         bundle = measure_bundle_halo(load_bundle(path), [e.image for e in examples], device=self.device)
         save_bundle(path, bundle.model, bundle.info)

@@ -14,9 +14,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from tests.support.bundles import TINY_SMP
 from tests.support.paths import ISBI
 from training.loop.batchnorm import recompute_batchnorm
-from training.bundle import load_bundle, read_bundle_info
+from training.bundle import load_bundle, new_bundle_info, read_bundle_info, save_bundle
+from training.models import build_model
+from training.normalization import Normalization
 from training.loop.config import load_config
 from training.inference.predictor import Predictor
 from training.loop.trainer import Trainer
@@ -289,15 +292,10 @@ def test_resume_needs_the_runs_own_weight_averaging(data: Path, tmp_path: Path) 
 def test_same_padded_runs_end_with_the_halo_measured_on_validation_images(data: Path, tmp_path: Path) -> None:
     """``run.halo: scan`` (the default): the best bundle of an smp run carries the halo scan, and
     its geometry's halo is the default preset's; ``impulse`` keeps the impulse-response radius."""
-    from tests.test_halo import SMALL_SMP
-    from training.bundle import new_bundle_info, save_bundle
-    from training.models import build_model
-    from training.normalization import Normalization
-
     torch.manual_seed(0)
-    model = build_model(SMALL_SMP).eval()
+    model = build_model(TINY_SMP).eval()
     init = save_bundle(tmp_path / "init.safetensors", model,
-                       new_bundle_info(SMALL_SMP, model, ["membrane", "cell"], Normalization()))
+                       new_bundle_info(TINY_SMP, model, ["membrane", "cell"], Normalization()))
     lines: list[str] = []
     common = (f"model.init={init}", "run.epochs=1", "run.overlays=0", "patch.size=64")
     Trainer(tiny(data, tmp_path / "scan", *common), log=lines.append).fit()

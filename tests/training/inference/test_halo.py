@@ -2,44 +2,35 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from training.bundle import Bundle, new_bundle_info
-from training.inference.halo import (
-    HaloScan,
-    halo_agreement,
-    mosaic,
-    override_note,
-    preset_target,
-    scan_halos,
-)
+from service.cli import main
+from tests.support.bundles import TINY_SMP
+from tests.support.images import isbi_slice as read_isbi_slice
+from training.bundle import Bundle, load_bundle, new_bundle_info, read_bundle_info, save_bundle
+from training.inference.halo import halo_agreement, mosaic, scan_halos
+from training.inference.halo_record import HaloScan, override_note, preset_halo, preset_target, with_scan
 from training.models import build_model
 from training.normalization import Normalization
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-#: The smallest smp Unet (one down-sampling, stride 2, a receptive field of a few pixels): a whole
-#: halo scan runs in seconds.
-SMALL_SMP = {"arch": "smp", "name": "Unet", "encoder": "resnet18", "in_channels": 1, "num_classes": 2,
-             "encoder_depth": 1, "decoder_channels": [8]}
-
 
 @pytest.fixture(scope="module")
 def smp_bundle() -> Bundle:
-    """SMALL_SMP with random weights, its head centred on an ISBI slice so both classes occur."""
-    from tests.conftest import ISBI
-    from training.io.images import read_image
-
-    image = read_image(ISBI / "image" / "25.png")
+    """TINY_SMP with random weights, its head centred on an ISBI slice so both classes occur."""
+    image = read_isbi_slice(25)
     torch.manual_seed(0)
-    model = build_model(SMALL_SMP).eval()
+    model = build_model(TINY_SMP).eval()
     with torch.no_grad():
         pixels = torch.from_numpy(Normalization.apply(image, *Normalization().statistics(image)))[None]
         logits = model(pixels)[0]
         model.segmentation_head[0].bias[1] -= (logits[1] - logits[0]).median()
-    return Bundle(model=model, info=new_bundle_info(SMALL_SMP, model, ["a", "b"], Normalization()))
+    return Bundle(model=model, info=new_bundle_info(TINY_SMP, model, ["a", "b"], Normalization()))
 
 
 def test_scan_finds_the_smallest_stride_grid_halo_reaching_each_preset(smp_bundle, isbi_slice):
@@ -89,16 +80,11 @@ def test_mosaic_lays_images_out_without_changing_pixels():
 
 
 def test_valid_unets_have_no_halo_to_scan(tiny_bundle):
-    from training.bundle import load_bundle
-
     with pytest.raises(ValueError, match="same-padded"):
         scan_halos(load_bundle(tiny_bundle), [np.zeros((64, 64), np.uint8)])
 
 
 def test_a_stored_scan_sets_the_default_halo_and_keeps_the_impulse_one(smp_bundle, tmp_path):
-    from training.bundle import load_bundle, save_bundle
-    from training.inference.halo import preset_halo, with_scan
-
     impulse = smp_bundle.info.geometry.halo
     halo, note = preset_halo(smp_bundle.info, "exact")
     assert halo == impulse and "no measured halo presets" in note
@@ -113,11 +99,6 @@ def test_a_stored_scan_sets_the_default_halo_and_keeps_the_impulse_one(smp_bundl
 
 
 def test_calibrate_halo_stores_the_scan_and_makes_the_named_preset_the_bundles(smp_bundle, tmp_path, capsys):
-    import json
-
-    from service.cli import main
-    from training.bundle import read_bundle_info, save_bundle
-
     source = save_bundle(tmp_path / "smp.safetensors", smp_bundle.model, smp_bundle.info)
     out = tmp_path / "exact.safetensors"
     assert main(["calibrate", str(source), "-o", str(out), "--halo", "exact", "--select", "0", "--threads", "1"]) == 0
@@ -130,7 +111,5 @@ def test_calibrate_halo_stores_the_scan_and_makes_the_named_preset_the_bundles(s
 
 
 def test_calibrate_halo_refuses_valid_unets(tiny_bundle, tmp_path, capsys):
-    from service.cli import main
-
     assert main(["calibrate", str(tiny_bundle), "-o", str(tmp_path / "x.safetensors"), "--halo", "--select", "0"]) == 2
     assert "valid-padded U-Net" in capsys.readouterr().err

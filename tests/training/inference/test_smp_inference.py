@@ -8,13 +8,19 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import zarr
+from PIL import Image
 
-from tests.test_halo import SMALL_SMP
-from training.bundle import Bundle, new_bundle_info
-from training.inference.halo import HaloScan, with_scan
+from service.batch import segment_gigapixel
+from service.cli import main
+from tests.support.batch import make_slide
+from tests.support.bundles import TINY_SMP
+from training.bundle import Bundle, new_bundle_info, save_bundle
+from training.inference.halo_record import HaloScan, with_scan
 from training.inference.options import InferenceOptions
 from training.inference.predictor import Predictor
 from training.inference.tilefit import fit_tile
+from training.io.images import read_image
 from training.models import build_model
 from training.normalization import Normalization
 
@@ -30,8 +36,8 @@ RATES = {64: 1e6, 96: 1e6}
 @pytest.fixture(scope="module")
 def smp() -> Bundle:
     torch.manual_seed(0)
-    model = build_model(SMALL_SMP).eval()
-    info = new_bundle_info(SMALL_SMP, model, ["a", "b"], Normalization())
+    model = build_model(TINY_SMP).eval()
+    info = new_bundle_info(TINY_SMP, model, ["a", "b"], Normalization())
     return Bundle(model=model, info=dataclasses.replace(info, geometry=dataclasses.replace(info.geometry, halo=8)))
 
 
@@ -100,12 +106,6 @@ def test_options_round_trip_rates_from_json_lists():
 
 
 def test_predict_cli_takes_halo_and_precision_and_warns_on_an_override(smp, tmp_path, isbi_slice):
-    from PIL import Image
-
-    from service.cli import main
-    from training.bundle import save_bundle
-    from training.io.images import read_image
-
     path = save_bundle(tmp_path / "smp.safetensors", smp.model, with_scan(smp.info, SCAN))
     Image.fromarray(isbi_slice[:150, :150]).save(tmp_path / "in.png")
     args = ["predict", str(path), str(tmp_path / "in.png"), "--tile", "64", "--precision", "float32", "--quiet"]
@@ -127,12 +127,6 @@ def test_a_scanned_bundle_chooses_among_tiles_no_smaller_than_it_scanned(smp):
 def test_a_gigapixel_job_with_a_per_image_tile_equals_the_in_process_prediction(smp, tmp_path):
     """Chunks are computed one by one, each by a predictor rebuilt from the job's resolved options
     (tile "auto" with the measured rates): the tile chosen for the whole image, the same bytes."""
-    import zarr
-
-    from service.batch import segment_gigapixel
-    from tests.batch_support import make_slide
-    from training.bundle import save_bundle
-
     path = save_bundle(tmp_path / "smp.safetensors", smp.model, smp.info)
     pixels = make_slide(tmp_path / "slide.tif", 300, 260)
     rates = {64: 1e6, 96: 1.4e6}
