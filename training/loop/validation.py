@@ -130,11 +130,13 @@ class Validation:
         save_bundle(path, bundle.model, bundle.info)
         return thresholds
 
-    def measure_halo(self, path: Path) -> dict[str, dict]:
+    def measure_halo(self, path: Path) -> str:
         """Measure the halo of the same-padded bundle at ``path`` on the validation images
         (training images when there are none) and store it (:mod:`training.inference.halo`);
-        returns the presets (halo and agreement of each)."""
+        returns a line for the log: the halo and agreement of each preset."""
         examples = self.splits.val_examples or self.splits.train_examples
         bundle = measure_bundle_halo(load_bundle(path), [e.image for e in examples], device=self.device)
         save_bundle(path, bundle.model, bundle.info)
-        return bundle.info.halo["presets"]
+        presets = bundle.info.halo["presets"]
+        return "best bundle, halo from agreement with the whole-image pass: " + "  ".join(
+            f"{name} {p['halo']} px ({p['agreement']:.4%})" for name, p in presets.items())
