@@ -34,14 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training.bundle import DEFAULT_BUNDLE, Bundle, new_bundle_info  # noqa: E402
-from training.loop.config import load_config  # noqa: E402
 from training.data.dataset import ISBI_HOLDOUT, ISBI_TRAIN, isbi2012  # noqa: E402
 from training.device import autocast  # noqa: E402
+from training.loop.config import load_config  # noqa: E402
 from training.loop.evaluate import evaluate_bundle  # noqa: E402
 from training.loop.losses import build_loss  # noqa: E402
+from training.loop.trainer import Trainer  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.normalization import Normalization  # noqa: E402
-from training.loop.trainer import Trainer  # noqa: E402
 
 RECIPE = ROOT / "configs" / "isbi2012.yaml"
 #: The test-time augmentation also scored for the recipe and the shipped model (same threshold).

@@ -30,8 +30,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tifffile
+import torch
+import zarr
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from service.batch import segment_folder, segment_gigapixel  # noqa: E402
+from training.bundle import DEFAULT_BUNDLE, new_bundle_info, save_bundle  # noqa: E402
+from training.inference.predictor import Predictor  # noqa: E402
+from training.io.images import read_image  # noqa: E402
+from training.io.readers import fit_channels, open_image  # noqa: E402
+from training.io.writers import label_dtype  # noqa: E402
+from training.models import build_model  # noqa: E402
+from training.normalization import Normalization  # noqa: E402
+
 ISBI_IMAGES = REPO / "training" / "assets" / "isbi2012" / "image"
 #: Tile edge of the written gigapixel TIFF.
 TIFF_TILE = 512
@@ -44,10 +58,6 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 # ------------------------------------------------------------------------------------ data
 def make_data(root: Path, images: int, size: int, bundle: str) -> str:
     """The folder, the big TIFF and (for ``tiny``) a bundle, under ``root``; the bundle path."""
-    import tifffile
-
-    from training.io.images import read_image
-
     slices = [read_image(p) for p in sorted(ISBI_IMAGES.glob("*.png"), key=lambda p: int(p.stem))]
     folder = root / "folder"
     folder.mkdir()
@@ -62,12 +72,6 @@ def make_data(root: Path, images: int, size: int, bundle: str) -> str:
     tifffile.imwrite(root / "big.tif", tiles(), shape=(size, size), dtype=np.uint8, tile=(TIFF_TILE, TIFF_TILE), bigtiff=True)
     if bundle != "tiny":
         return bundle
-    import torch
-
-    from training.bundle import new_bundle_info, save_bundle
-    from training.models import build_model
-    from training.normalization import Normalization
-
     spec = {"arch": "unet", "in_channels": 1, "num_classes": 2, "depth": 2, "width": 4, "padding": "valid"}
     torch.manual_seed(0)
     model = build_model(spec).eval()
@@ -78,14 +82,6 @@ def make_data(root: Path, images: int, size: int, bundle: str) -> str:
 def child(mode: str, root: Path, bundle: str) -> dict:
     """One measurement in this (child) process. Modules are imported before the clock starts;
     the clock includes building the predictor (which the jobs do too)."""
-    import zarr
-
-    from service.batch import segment_folder, segment_gigapixel
-    from training.io.images import read_image
-    from training.inference.predictor import Predictor
-    from training.io.readers import fit_channels, open_image
-    from training.io.writers import label_dtype
-
     start = time.perf_counter()
     result: dict = {}
     if mode == "folder_direct":
@@ -136,8 +132,6 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, Path(args.root), args.bundle)))
         return
-    from training.bundle import DEFAULT_BUNDLE
-
     with tempfile.TemporaryDirectory(prefix="tessera-bench-batch-") as tmp:
         root = Path(tmp)
         bundle = make_data(root, args.images, args.size, args.bundle or str(DEFAULT_BUNDLE))

@@ -164,5 +164,5 @@ class TileGeometry:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TileGeometry":
+    def from_dict(cls, data: dict) -> TileGeometry:
         return cls(**{k: data[k] for k in ("padding", "depth", "halo", "kind") if k in data})

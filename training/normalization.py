@@ -68,7 +68,7 @@ class Normalization:
         return {"mode": self.mode, "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Normalization":
+    def from_dict(cls, data: dict) -> Normalization:
         return cls(mode=data["mode"], mean=tuple(data["mean"]), std=tuple(data["std"]))
 
 

@@ -33,9 +33,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dask.callbacks import Callback
+from dask.local import get_sync
+from distributed import Client, LocalCluster, as_completed
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from training.bundle import BundleError, file_sha256
+from training.device import set_cpu_threads
 from training.errors import OptionError
 from training.inference.options import InferenceOptions
 from training.inference.predictor import Predictor
@@ -112,8 +116,6 @@ class PredictorPlugin(WorkerPlugin):
         self.name = f"tessera-predictor-{spec.key()}"
 
     def setup(self, worker) -> None:
-        from training.device import set_cpu_threads
-
         set_cpu_threads(self.threads or getattr(worker.state, "nthreads", None))
         predictor_for(self.spec)
 
@@ -156,13 +158,10 @@ class InProcessRunner:
         """Compute the ``keys`` of each ``(graph, keys)`` with dask's synchronous scheduler, one
         graph after another, calling ``done(result)`` as each key finishes (an exception raised by
         ``done`` stops the computation there)."""
-        from dask.callbacks import Callback
-        from dask.local import get_sync
-
         for graph, keys in work:
             wanted = set(keys)
 
-            def finished(key, result, _dsk, _state, _worker) -> None:
+            def finished(key, result, _dsk, _state, _worker, wanted: set = wanted) -> None:
                 if key in wanted:
                     done(result)
 
@@ -177,8 +176,6 @@ class DaskRunner:
     """Runs tasks on a dask.distributed cluster (one we start, or an existing one)."""
 
     def __init__(self, spec: PredictorSpec, kind: str, target: int | str) -> None:
-        from distributed import Client, LocalCluster
-
         self.spec = spec
         self.cluster = None
         if kind == "local":
@@ -204,8 +201,6 @@ class DaskRunner:
     def map(self, function: Callable[..., Any], items: Iterable[Any], **kwargs: Any) -> Iterator[Any]:
         """Results of ``function(item, **kwargs)`` as they complete (any order). A task on a
         worker that dies is rescheduled by Dask on another worker."""
-        from distributed import as_completed
-
         items = list(items)
         if not items:
             return
@@ -221,8 +216,6 @@ class DaskRunner:
         as each finishes (any order). The next graph is submitted once fewer than two keys per
         worker thread are in flight, so a long job never submits its whole graph at once; Dask
         recomputes the keys of a worker that dies."""
-        from distributed import as_completed
-
         limit = max(2, 2 * sum(self.client.nthreads().values()))
         running = as_completed()
         in_flight: set = set()

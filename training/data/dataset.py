@@ -149,7 +149,7 @@ class LabelSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping, source: str = "classes") -> "LabelSpec":
+    def from_dict(cls, data: Mapping, source: str = "classes") -> LabelSpec:
         """From a classes-file mapping (see the module docstring); ``source`` names it in errors."""
         if not isinstance(data, Mapping):
             raise DatasetError(f"{source}: expected a mapping of mask value -> class name")
@@ -179,7 +179,7 @@ class LabelSpec:
         )
 
     @classmethod
-    def read(cls, path: str | Path) -> "LabelSpec":
+    def read(cls, path: str | Path) -> LabelSpec:
         """Read a ``classes.yaml`` / ``.json`` file."""
         path = Path(path)
         try:
@@ -241,7 +241,7 @@ class SegmentationFolder:
         self.labels = self._labels(labels, ignore)
 
     @classmethod
-    def _from_pairs(cls, parent: "SegmentationFolder", pairs: list[Pair]) -> "SegmentationFolder":
+    def _from_pairs(cls, parent: SegmentationFolder, pairs: list[Pair]) -> SegmentationFolder:
         subset = cls.__new__(cls)
         subset.images_dir, subset.masks_dir = parent.images_dir, parent.masks_dir
         subset.max_pixels, subset.labels, subset.pairs = parent.max_pixels, parent.labels, pairs
@@ -314,7 +314,7 @@ class SegmentationFolder:
             fitted.append(Example(example.name, image, example.target))
         return fitted
 
-    def select(self, items: Items) -> "SegmentationFolder":
+    def select(self, items: Items) -> SegmentationFolder:
         """A split: the pairs ``items`` name, in that order -- stems, stem ranges such as
         ``"25-29"``, positions (``"pos:0-4"`` or ints), or a text file listing one item per line
         (:mod:`training.data.selection`)."""

@@ -117,7 +117,8 @@ class PatchDataset(torch.utils.data.Dataset):
         geometry: the model's :class:`TileGeometry` (``model.geometry``).
         input_size: network input size (valid padding: e.g. 572 -> output 388; same: the crop).
         num_classes: number of classes of the targets.
-        normalization: how pixels become input; ``mode="image"`` statistics are per image.
+        normalization: how pixels become input; ``mode="image"`` statistics are per image
+            (None: ``Normalization()``, per-image statistics).
         augmentation: an :class:`Augmentation` or None.
         weights: :class:`WeightMapConfig` (default: the paper's map with balanced ``w_c``).
         foreground_classes: classes oversampling centres on (default: all but class 0).
@@ -134,7 +135,7 @@ class PatchDataset(torch.utils.data.Dataset):
         geometry: TileGeometry,
         input_size: int,
         num_classes: int,
-        normalization: Normalization = Normalization(),
+        normalization: Normalization | None = None,
         augmentation: Augmentation | None = None,
         weights: WeightMapConfig = WeightMapConfig(),
         foreground_classes: Sequence[int] | None = None,
@@ -152,7 +153,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.output_size = geometry.output_size(input_size)
         self.context = (input_size - self.output_size) // 2
         self.num_classes = num_classes
-        self.normalization = normalization
+        self.normalization = Normalization() if normalization is None else normalization
         self.augmentation = augmentation
         self.reach = augmentation.reach(input_size) if augmentation is not None else 0
         self.foreground_share = foreground_share

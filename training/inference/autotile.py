@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import psutil
 import torch
 
 from training.geometry import InvalidSizeError
@@ -57,8 +58,6 @@ def memory_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * AUTO_TILE_MEMORY_SHARE)
-    import psutil  # lazy: only tile="auto" on the CPU needs it
-
     return int(psutil.virtual_memory().available * AUTO_TILE_MEMORY_SHARE)
 
 

@@ -77,7 +77,7 @@ class TileGrid:
     overlap: float = 0.0
 
     @classmethod
-    def plan(cls, geometry: TileGeometry, height: int, width: int, tile: int, overlap: float = 0.0) -> "TileGrid":
+    def plan(cls, geometry: TileGeometry, height: int, width: int, tile: int, overlap: float = 0.0) -> TileGrid:
         """Grid for an image of ``height x width`` pixels with tiles of input size ``tile``;
         ``overlap`` is the share of a tile's span its neighbour repeats (0: blocks abut)."""
         if height < 1 or width < 1:

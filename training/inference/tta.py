@@ -13,6 +13,7 @@ A view is ``(turns, flip)``: the input flipped horizontally (if ``flip``), then 
 from __future__ import annotations
 
 from training.bundle import BundleInfo
+from training.data.augment import read_config
 from training.data.label_offset import bundle_label_offset, view_correction
 from training.errors import OptionError
 
@@ -54,10 +55,6 @@ def tta_caveat(info: BundleInfo, mode: str) -> str | None:
     config = (info.provenance or {}).get("config", {})
     if config.get("augment") is None:
         return None
-    from training.data.augment import (
-        read_config,  # lazy: albumentations is slow to import, and only this check needs it
-    )
-
     try:
         augment = read_config(config["augment"])
     except (ValueError, OSError):

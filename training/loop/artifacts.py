@@ -15,7 +15,7 @@ import csv
 import json
 import platform
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from training.bundle import BundleInfo, load_bundle, save_bundle
 from training.data.dataset import Example
 from training.inference.predictor import Predictor
 from training.loop.config import TrainConfig
+from training.loop.plots import plot_curves, plot_overlay
 from training.loop.splits import Splits
 
 #: File names inside the output folder.
@@ -50,7 +51,7 @@ def versions() -> dict[str, str]:
 
 def now() -> str:
     """The current UTC time, ISO 8601 to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def run_description(
@@ -123,19 +124,11 @@ class RunArtifacts:
 
     def write_curves(self, history: list[dict[str, Any]]) -> Path:
         """``curves.png``: loss and validation metrics by epoch."""
-        from training.loop.plots import (
-            plot_curves,  # matplotlib loads only when a run ends
-        )
-
         return plot_curves(history, self.output / CURVES_NAME)
 
     def write_overlays(self, examples: Sequence[Example], device: torch.device) -> dict[str, Path]:
         """``overlays/<stem>.png`` for ``examples``: image, truth and the best bundle's prediction
         (errors in red; ignored pixels shown as predicted)."""
-        from training.loop.plots import (
-            plot_overlay,  # matplotlib loads only when a run ends
-        )
-
         predictor = Predictor(load_bundle(self.best), device=device)
         files: dict[str, Path] = {}
         for example in examples:

@@ -61,7 +61,7 @@ class ClassifierConfig:
     threads: int = 0
     device: str = "auto"
 
-    def validate(self) -> "ClassifierConfig":
+    def validate(self) -> ClassifierConfig:
         checks = [
             (self.size >= 8, "size must be >= 8"),
             (self.epochs >= 1, "epochs must be >= 1"),
@@ -86,7 +86,7 @@ class ClassSet:
     classes: list[str]
     files: list[str]
 
-    def subset(self, index: np.ndarray) -> "ClassSet":
+    def subset(self, index: np.ndarray) -> ClassSet:
         return ClassSet(self.images[index], self.labels[index], self.classes, [self.files[i] for i in index])
 
 

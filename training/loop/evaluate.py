@@ -29,13 +29,12 @@ from training.bundle import Bundle, load_bundle
 from training.data.dataset import DatasetError, Example, SegmentationFolder
 from training.errors import OptionError
 from training.inference.decision import CALIBRATION_THRESHOLDS, calibrate_threshold
+from training.inference.predictor import Predictor
 from training.loop.config import CALIBRATION_METRICS, LOWER_IS_BETTER
 from training.loop.metrics import MetricAccumulator
 
 if TYPE_CHECKING:
     import torch
-
-    from training.inference.predictor import Predictor
 
 
 #: How many training images (evenly spaced) ``run.threshold: calibrate`` chooses the threshold on.
@@ -86,8 +85,6 @@ def evaluate_bundle(
     """Predict and score every example; returns ``{"metrics", "images": [{"name", metrics...}],
     "seconds", "bundle"}``. ``overlays``: a folder for ``<name>.png`` figures (image, truth,
     prediction with errors in red)."""
-    from training.inference.predictor import Predictor
-
     predictor = Predictor(bundle if isinstance(bundle, Bundle) else load_bundle(bundle) if bundle else None,
                           device=device, tile=tile, tta=tta, threshold=threshold)
     classes = list(predictor.info.classes)
@@ -105,7 +102,7 @@ def evaluate_bundle(
         total.update(labels, example.target)
         per_image.append({"name": example.name, **score([labels], [example.target], classes, interior)})
         if overlays is not None:
-            from training.loop.plots import plot_overlay
+            from training.loop.plots import plot_overlay  # noqa: PLC0415  (matplotlib, ~0.7 s: only for --overlays)
 
             shown = np.where(example.target < 0, labels, example.target)
             plot_overlay(example.image, shown, labels, Path(overlays) / f"{example.name}.png", example.name)
@@ -181,8 +178,6 @@ def calibrate_bundle(
     ``bundle.info``: ``threshold`` for ``"none"`` when it is among ``modes``, ``tta_thresholds``
     for the others (replacing the recorded ones). Returns the thresholds and their scores by mode;
     the caller saves the bundle."""
-    from training.inference.predictor import Predictor
-
     thresholds: dict[str, float] = {}
     scores: dict[str, float] = {}
     for mode in dict.fromkeys(modes):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from service.batch import prepare
+from service.batch.scheduler import open_runner
 from tests.support.batch import CLASSES, TILE, blob_probe
 from tests.support.bundles import make_bundle
 
@@ -21,9 +23,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def local2(bundle: Path):
     """``--scheduler local:2``: one LocalCluster of 2 worker processes for a test module, on the
     module's ``bundle``; yields ``(spec, predictor, runner)``."""
-    from service.batch import prepare
-    from service.batch.scheduler import open_runner
-
     spec, predictor = prepare(bundle, tile=TILE, device="cpu")
     runner = open_runner("local:2", spec, predictor)
     yield spec, predictor, runner

@@ -12,8 +12,8 @@ from service.batch import segment_folder, segment_gigapixel
 from service.batch.folder import FolderOptions, run_folder
 from service.batch.gigapixel import run_gigapixel
 from service.batch.scheduler import PredictorSpec, parse_scheduler
-from training.inference.options import InferenceOptions
 from tests.support.batch import TILE, leftovers, make_folder, make_slide, tree_bytes
+from training.inference.options import InferenceOptions
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from ome_zarr.io import parse_url
+from ome_zarr.reader import Reader
 
 from service.batch import segment_gigapixel
 from service.batch.gigapixel.plan import chunk_shape
@@ -73,9 +75,6 @@ def test_ome_zarr_layout_and_pyramid(reference) -> None:
 
 
 def test_ome_zarr_reader_opens_it(reference) -> None:
-    from ome_zarr.io import parse_url
-    from ome_zarr.reader import Reader
-
     dst, _ = reference
     nodes = list(Reader(parse_url(str(dst / "slide.zarr")))())
     assert nodes and [tuple(level.shape) for level in nodes[0].data] == [(HEIGHT, WIDTH), (125, 165), (63, 83)]

@@ -22,9 +22,9 @@ from service.batch.scheduler import adopt_predictor, release_predictor
 from tests.support.batch import TILE
 from tests.support.bundles import make_bundle
 from tests.support.images import smooth_image
+from training.io.writers import encode_probabilities
 from training.mirror import mirror_pad
 from training.normalization import Normalization
-from training.io.writers import encode_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from service.cli import build_parser, main
 from tests.support.paths import ISBI
 from training.bundle import file_sha256, read_bundle_info
+from training.inference.decision import CALIBRATION_THRESHOLDS
+from training.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -173,9 +175,6 @@ def test_evaluate_and_classifier_errors(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_calibrate_chooses_the_threshold_on_the_images_given(data: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from training.inference.decision import CALIBRATION_THRESHOLDS
-    from training.inference.predictor import Predictor
-
     trained = tmp_path / "model.safetensors"
     assert main(["train", "--config", str(data / "tiny.yaml"), "--output", str(tmp_path / "run"), "--no-progress",
                  "--set", "optim.lr=0.01", "--export", str(trained)]) == 0

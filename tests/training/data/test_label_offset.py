@@ -5,18 +5,23 @@ real ISBI slices with the shipped model."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from scipy import ndimage
 
+from service.cli import main
 from training.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
-from training.data.dataset import isbi2012
+from training.data.dataset import ISBI_TRAIN, isbi2012
 from training.data.label_offset import (
     bundle_label_offset,
     check_label_offset,
     correction_reach,
     dihedral_vector,
+    measure_label_offset,
     shift_maps,
     view_correction,
 )
@@ -93,17 +98,11 @@ def test_corrected_tta_beats_uncorrected_on_isbi_hold_out():
 
 def structures(seed: int, shape=(160, 170)) -> np.ndarray:
     """A smooth random field: its low values are the 'structures' masks trace."""
-    from scipy import ndimage
-
     return ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=shape), 3.0)
 
 
 @pytest.mark.parametrize("offset", [(0.5, -0.25), (-1.3, 0.0), (0.0, 2.4)])
 def test_measure_finds_a_known_offset(offset):
-    from scipy import ndimage
-
-    from training.data.label_offset import measure_label_offset
-
     pairs = []
     for seed in range(3):
         field = structures(seed)
@@ -116,8 +115,6 @@ def test_measure_finds_a_known_offset(offset):
 
 
 def test_measure_refuses_masks_that_do_not_trace_the_images():
-    from training.data.label_offset import measure_label_offset
-
     field = structures(0)
     with pytest.raises(ValueError, match="at the edge of the \\+-4 px searched"):
         measure_label_offset([(field, np.roll(field < 0, (7, 0), axis=(0, 1)))])
@@ -129,9 +126,6 @@ def test_measure_refuses_masks_that_do_not_trace_the_images():
 
 def test_isbi_labels_sit_above_and_left_of_the_membranes():
     """What the recipe's ``data.label_offset: [-0.6, -0.2]`` comes from (slices 0-24)."""
-    from training.data.dataset import ISBI_TRAIN
-    from training.data.label_offset import measure_label_offset
-
     examples = isbi2012(ISBI_TRAIN).load_all()
     pooled, each = measure_label_offset([(e.image, e.target == 0) for e in examples])
     assert pooled == pytest.approx((-0.6, -0.15), abs=0.05)
@@ -139,15 +133,8 @@ def test_isbi_labels_sit_above_and_left_of_the_membranes():
 
 
 def test_label_offset_command(tmp_path, capsys):
-    import json
-
-    from PIL import Image
-
-    from service.cli import main
-
     for kind in ("image", "mask"):
         (tmp_path / kind).mkdir()
-    from scipy import ndimage
 
     for seed in range(2):
         field = structures(seed)

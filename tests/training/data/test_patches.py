@@ -9,9 +9,9 @@ import pytest
 from training.data import IGNORE_INDEX, Example, isbi2012
 from training.data.augment import build_augmentation
 from training.data.patches import UNIFORM_WEIGHTS, PatchDataset, WeightMapConfig, dataset_normalization
+from training.data.weightmap import class_balance_weights, unet_weight_map
 from training.geometry import TileGeometry
 from training.normalization import Normalization, image_statistics
-from training.data.weightmap import class_balance_weights, unet_weight_map
 
 VALID = TileGeometry("valid", 2)  # margin 20 px, stride 4
 SAME = TileGeometry("same", 3)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.paths import ROOT
 from training.data.dataset import ISBI_HOLDOUT, ISBI_TRAIN, DatasetError, SegmentationFolder, isbi2012
 from training.data.selection import SelectionError, parse_positions, select
 from training.loop.config import load_config
 from training.loop.splits import select_folders
-from tests.support.paths import ROOT
 
 CONFIGS = ROOT / "configs"
 

@@ -8,8 +8,8 @@ import pytest
 from tests.support.bundles import SMALL_SMP, TINY_UNET, make_bundle
 from tests.support.exact import assert_exact
 from tests.support.images import random_image
-from training.inference.blending import WEIGHT_FLOOR, BandBlender, gaussian_importance
 from training.geometry import TileGeometry
+from training.inference.blending import WEIGHT_FLOOR, BandBlender, gaussian_importance
 from training.inference.predictor import Predictor
 from training.inference.tiling import TileGrid
 from training.io.writers import Sink, label_dtype

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,13 +13,14 @@ import torch
 from tests.support.bundles import SMALL_SMP, TINY_UNET, make_bundle
 from tests.support.exact import assert_exact
 from tests.support.images import random_image
-from training.bundle import Bundle, load_bundle
+from training.bundle import Bundle, load_bundle, save_bundle
 from training.device import BatchRunner, resolve_device
-from training.io.images import ImageError
-from training.normalization import Normalization
+from training.inference.autotile import choose_tile
 from training.inference.predictor import Predictor
 from training.inference.tta import tta_caveat
+from training.io.images import ImageError
 from training.io.writers import encode_probabilities
+from training.normalization import Normalization
 
 RGB_UNET = {**TINY_UNET, "in_channels": 3, "num_classes": 3, "depth": 3}
 ONE_CLASS = {**TINY_UNET, "num_classes": 1}
@@ -251,8 +253,6 @@ def test_device_auto_is_cpu_here_and_cuda_refused_without_gpu():
 
 
 def test_saved_bundle_round_trip_predicts_identically(tmp_path, gray):
-    from training.bundle import save_bundle
-
     path = save_bundle(tmp_path / "g.safetensors", gray.model, gray.info)
     image = random_image((77, 99))
     assert np.array_equal(
@@ -266,7 +266,6 @@ def test_tile_auto_measures_valid_candidates_within_the_budget(gray):
     choice = predictor.tile_choice
     assert predictor.tile == choice.size == max(choice.throughput, key=choice.throughput.get)
     assert len(choice.throughput) >= 3 and all(gray.info.geometry.is_valid_input(s) for s in choice.throughput)
-    from training.inference.autotile import choose_tile
 
     small = choose_tile(predictor, budget=1)  # only the smallest candidate is ever allowed
     assert list(small.throughput) == [min(choice.throughput)]
@@ -286,7 +285,6 @@ def test_same_padded_smp_agrees_with_whole_image_within_1e4(isbi_slice):
     whole = predictor.predict_whole(isbi_slice)
     assert 0.2 < tiled.labels.mean() < 0.8
     assert (tiled.labels != whole.labels).mean() <= 1e-4
-    from dataclasses import replace
 
     half = Bundle(model=model, info=replace(info, geometry=replace(info.geometry, halo=32)))
     halved = Predictor(half, device="cpu", tile=256)

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from training.data.dataset import DatasetError
 from training.loop.classify import ClassifierConfig, evaluate_classifier, train_classifier
 from training.loop.config import load_config
-from training.data.dataset import DatasetError
 from training.loop.network import build_network
 
 #: Small timm ResNet; 16 px inputs (the 8x8 digits upsampled).

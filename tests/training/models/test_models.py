@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
+from safetensors.torch import save_file
 
 from training.geometry import InvalidSizeError
 from training.models import PAPER_UNET, build_model, count_parameters, load_encoder_weights, parse_arch
@@ -97,8 +99,6 @@ def test_unknown_arch_and_encoder_are_named():
 
 
 def test_classifier_encoder_transfers_into_smp_unet(tmp_path):
-    from safetensors.torch import save_file
-
     torch.manual_seed(1)
     classifier = build_model(parse_arch("classifier:resnet18", in_channels=1, num_classes=10))
     assert classifier(torch.randn(2, 1, 32, 32)).shape == (2, 10)
@@ -111,8 +111,6 @@ def test_classifier_encoder_transfers_into_smp_unet(tmp_path):
 
 
 def test_torchvision_state_dict_loads_with_channel_adaptation(tmp_path):
-    import torchvision
-
     reference = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
@@ -123,8 +121,6 @@ def test_torchvision_state_dict_loads_with_channel_adaptation(tmp_path):
 
 
 def test_foreign_weights_are_refused_by_name(tmp_path):
-    from safetensors.torch import save_file
-
     path = tmp_path / "other.safetensors"
     save_file({"something.weight": torch.zeros(3)}, str(path))
     unet = build_model(parse_arch("smp.Unet:resnet18", in_channels=1, num_classes=2))
