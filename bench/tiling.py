@@ -12,9 +12,17 @@ Keys:
   ``tiled_vs_whole_auto_tile`` at the size ``--tile auto`` picks. Target >= 1.0 on a CPU.
 * ``tile_auto``: the size ``--tile auto`` chose, its measured throughput over the worst and the
   best candidate.
-* ``vs_monai``: MONAI ``sliding_window_inference`` time (roi 512, overlap 0.25, gaussian, reflect,
-  sw_batch_size 4) / Tessera tiled time, smp Unet-resnet34 (random weights) on a 2048² image, with
-  each one's label agreement with the whole-image pass; ``vs_monai_auto_tile`` with ``--tile auto``.
+* ``--only monai``: smp Unet-resnet34 with TRAINED weights (``smp_weights``; trained briefly on ISBI
+  slices 0-24 on first use and cached, :data:`SMP_CACHE`), its halo scanned on mosaics of those
+  slices (``smp_halo_scan``, :mod:`training.inference.halo`), on a 2048² image against MONAI's
+  ``sliding_window_inference`` (roi 512, gaussian, reflect, sw_batch_size 4). Agreement is the share
+  of labels equal to the whole-image pass (for MONAI: of Tessera's default halo; for each Tessera
+  setting: of its own halo, i.e. the same mirror padding). ``smp_pareto``: seconds and agreement of
+  MONAI at overlap 0.25 and 0.5 and of Tessera's default, its ``exact`` halo preset and hand-picked
+  tiles and halos. ``vs_monai_same_agreement``: MONAI-0.25 seconds over those of the fastest Tessera
+  setting agreeing at least as well (target >= 1.5); ``vs_monai`` / ``agreement_tessera``: the same
+  for Tessera's default (target >= 1.0 at >= 0.999); ``vs_monai_exact`` / ``agreement_tessera_exact``:
+  the ``exact`` preset (>= 0.9999); ``tiled_vs_whole_smp``: whole pass over the default's tiled time.
 * ``rss_growth``: peak RSS of a 32768² (--quick: 16384²) zarr->zarr run over a 4096² run, minus 1.
 * ``gflops``: achieved GFLOP/s of the smp whole pass and of the tiled run over a measured fp32
   matmul peak.
@@ -30,17 +38,26 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import tifffile  # noqa: E402
 import torch  # noqa: E402
+import zarr  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from training.bundle import DEFAULT_BUNDLE, Bundle, load_bundle, new_bundle_info  # noqa: E402
+from training.bundle import DEFAULT_BUNDLE, Bundle, load_bundle, new_bundle_info, save_bundle  # noqa: E402
+from training.data.dataset import ISBI_TRAIN  # noqa: E402
+from training.inference.halo import measure_bundle_halo, with_halo  # noqa: E402
 from training.inference.predictor import Predictor  # noqa: E402
+from training.inference.tilefit import fit_tile  # noqa: E402
 from training.io.images import read_image  # noqa: E402
+from training.io.readers import open_image  # noqa: E402
+from training.io.writers import label_dtype, open_sink  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.normalization import Normalization  # noqa: E402
 
@@ -79,6 +96,52 @@ def random_bundle(spec: dict, seed: int = 0, probe: np.ndarray | None = None) ->
     return bundle
 
 
+#: Where the briefly trained smp Unet-resnet34 is kept between bench runs (never in the repository:
+#: 98 MB). Delete it to train again.
+SMP_CACHE = Path.home() / ".cache" / "tessera" / "bench-smp-unet-resnet34-isbi.safetensors"
+#: Training of the bench's smp model: crops of this size, this many per step, at most this many
+#: steps or seconds (whichever ends first), ISBI 2012 training slices 0-24.
+SMP_TRAIN_CROP, SMP_TRAIN_BATCH, SMP_TRAIN_STEPS, SMP_TRAIN_SECONDS = 192, 4, 150, 900
+
+
+def trained_smp_bundle(cache: Path = SMP_CACHE) -> tuple[Bundle, dict]:
+    """smp Unet-resnet34 trained briefly on ISBI slices (cross-entropy, Adam, random crops and
+    flips; encoder_weights=None, nothing downloads), cached at ``cache``. Returns the bundle and
+    how it was trained (steps, seconds, whether it came from the cache)."""
+    if cache.is_file():
+        bundle = load_bundle(cache)
+        return bundle, {**bundle.info.provenance.get("bench_training", {}), "cached": True}
+    labels_dir = ISBI.parent / "label"
+    images = [read_image(ISBI / f"{i}.png") for i in ISBI_TRAIN]
+    targets = [(read_image(labels_dir / f"{i}.png") > 127).astype(np.int64) for i in ISBI_TRAIN]
+    inputs = [Normalization.apply(image, *Normalization().statistics(image))[0] for image in images]
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = build_model(SMP_RESNET34).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    started, steps, crop = time.perf_counter(), 0, SMP_TRAIN_CROP
+    while steps < SMP_TRAIN_STEPS and time.perf_counter() - started < SMP_TRAIN_SECONDS:
+        xs, ys = [], []
+        for _ in range(SMP_TRAIN_BATCH):
+            k, y, x = rng.integers(len(inputs)), *rng.integers(0, 512 - crop, 2)
+            patch, target = inputs[k][y : y + crop, x : x + crop], targets[k][y : y + crop, x : x + crop]
+            if rng.random() < 0.5:
+                patch, target = patch[:, ::-1], target[:, ::-1]
+            xs.append(patch.copy())
+            ys.append(target.copy())
+        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(np.stack(xs))[:, None]), torch.from_numpy(np.stack(ys)))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        steps += 1
+    model.eval()
+    training = {"steps": steps, "seconds": round(time.perf_counter() - started, 1), "crop": crop,
+                "batch": SMP_TRAIN_BATCH, "final_loss": round(float(loss.detach()), 4)}
+    info = new_bundle_info(SMP_RESNET34, model, ["membrane", "cell"], Normalization(), provenance={"bench_training": training})
+    save_bundle(cache, model, info)
+    return load_bundle(cache), {**training, "cached": False}
+
+
 def timed(function, *args, **kwargs) -> tuple[float, object]:
     start = time.perf_counter()
     result = function(*args, **kwargs)
@@ -89,7 +152,6 @@ def timed(function, *args, **kwargs) -> tuple[float, object]:
 def write_zarr_input(path: Path, size: int) -> None:
     """A ``size²`` uint8 zarr v3 image written in row bands (bounded memory, cheap: one repeated
     textured band)."""
-    import zarr
 
     band = isbi_mosaic(RSS_CHUNK)
     array = zarr.create_array(store=str(path), shape=(size, size), chunks=(RSS_CHUNK, RSS_CHUNK), dtype=np.uint8, fill_value=0)
@@ -100,8 +162,6 @@ def write_zarr_input(path: Path, size: int) -> None:
 
 def rss_child(source: str, output: str) -> dict:
     """Run in a fresh process: stream ``source`` (zarr) into a zarr label sink; report peak RSS."""
-    from training.io.readers import open_image
-    from training.io.writers import label_dtype, open_sink
 
     torch.set_num_threads(1)
     predictor = Predictor(random_bundle(RSS_UNET), device="cpu", tile=RSS_TILE, batch_size=2)
@@ -139,10 +199,7 @@ def rss_growth(sizes: list[int]) -> dict:
 def tiler_efficiency(bundle: Bundle, image: np.ndarray, folder: Path) -> dict:
     """End-to-end (lazy TIFF -> zarr) versus the model alone on the same tile batches: the fastest
     of :data:`EFFICIENCY_ROUNDS` interleaved runs of each (single runs varied 0.87-0.97 here)."""
-    import tifffile
 
-    from training.io.readers import open_image
-    from training.io.writers import label_dtype, open_sink
 
     predictor = Predictor(bundle, device="cpu")
     path = folder / "input.tif"
@@ -209,7 +266,6 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 def model_gflop(model: torch.nn.Module, size: int) -> float:
     """GFLOP of one forward pass of a ``size²`` 1-channel input (PyTorch's flop counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
@@ -217,44 +273,103 @@ def model_gflop(model: torch.nn.Module, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def monai_labels(model: torch.nn.Module, pixels: torch.Tensor, overlap: float) -> np.ndarray:
+    """MONAI's ``sliding_window_inference`` (roi 512, sw_batch_size 4, gaussian, reflect) labels."""
+    from monai.inferers import sliding_window_inference  # noqa: PLC0415  the bench extra (MONAI), only for --only monai
+
+    with torch.inference_mode():
+        logits = sliding_window_inference(
+            pixels, roi_size=(512, 512), sw_batch_size=4, predictor=model, overlap=overlap,
+            mode="gaussian", padding_mode="reflect",
+        )
+    return logits[0].argmax(0).numpy().astype(np.uint8)
+
+
+class WholePasses:
+    """Whole-image reference labels of ``image`` per halo (the mirror padding follows the halo, so
+    each tiled setting is compared with the whole pass of the same predictor), computed once each."""
+
+    def __init__(self, bundle: Bundle, image: np.ndarray) -> None:
+        self.bundle, self.image, self.labels, self.seconds = bundle, image, {}, {}
+
+    def __call__(self, halo: int) -> np.ndarray:
+        if halo not in self.labels:
+            # a fixed tile: the whole pass does not depend on it, and no tile rates get measured
+            predictor = Predictor(with_halo(self.bundle, halo), device="cpu", batch_size=2, tile=512)
+            self.seconds[halo], whole = timed(predictor.predict_whole, self.image, probabilities=False)
+            self.labels[halo] = whole.labels
+        return self.labels[halo]
+
+
+def tessera_point(name: str, predictor: Predictor, image: np.ndarray, whole: WholePasses) -> dict:
+    """One Tessera point of the speed/agreement curve: seconds, agreement, tile and halo."""
+    seconds, result = timed(predictor.predict, image)
+    halo = predictor.geometry.halo
+    tile = predictor.tile_for(*image.shape[:2])
+    agreement = float((result.labels == whole(halo)).mean())
+    return {"name": name, "tile": tile, "halo": halo, "tiles": len(predictor.grid(*image.shape[:2])),
+            "seconds": round(seconds, 3), "agreement": round(agreement, 6)}
+
+
+def held_out_accuracy(bundle: Bundle) -> float:
+    """Pixel accuracy of the bench's smp model on ISBI slice 29 (not trained on), whole pass."""
+    image = read_image(ISBI / "29.png")
+    target = (read_image(ISBI.parent / "label" / "29.png") > 127).astype(np.uint8)
+    return float((Predictor(bundle, device="cpu").predict_whole(image, probabilities=False).labels == target).mean())
+
+
 def vs_monai(image: np.ndarray, peak: float) -> dict:
-    from monai.inferers import sliding_window_inference
-
-    bundle = random_bundle(SMP_RESNET34, probe=image[:512, :512])
-    predictor = Predictor(bundle, device="cpu", batch_size=2)
-    mean, std = predictor.statistics(image)
+    """Trained smp Unet-resnet34 on ``image``: MONAI's sliding window against Tessera's default,
+    its exact preset and a few hand-picked tiles and halos (one speed/agreement curve)."""
+    trained, training = trained_smp_bundle()
+    scan_seconds, bundle = timed(measure_bundle_halo, trained, [read_image(ISBI / f"{i}.png") for i in range(25)])
+    measure_seconds, default = timed(Predictor, bundle, device="cpu", batch_size=2)  # measures the tile rates
+    mean, std = default.statistics(image)
     pixels = torch.from_numpy(Normalization.apply(image, mean, std))[None]
-    model = predictor.model
-
-    def monai() -> np.ndarray:
-        with torch.inference_mode():
-            logits = sliding_window_inference(
-                pixels, roi_size=(512, 512), sw_batch_size=4, predictor=model, overlap=0.25,
-                mode="gaussian", padding_mode="reflect",
-            )
-        return logits[0].argmax(0).numpy().astype(np.uint8)
-
-    whole_seconds, whole = timed(predictor.predict_whole, image, probabilities=False)
-    monai_seconds, monai_labels = timed(monai)
-    tiled_seconds, tiled = timed(predictor.predict, image)
-    tuned = Predictor(bundle, device="cpu", batch_size=2, tile="auto")
-    tuned_seconds, tuned_labels = timed(tuned.predict, image)
-    side = predictor.grid(*image.shape).whole_window()[0]
-    whole_gflop = model_gflop(model, 64) / 64**2 * (side[1] - side[0]) * (side[3] - side[2])
-    tile_gflop = model_gflop(model, 64) / 64**2 * predictor.tile**2 * len(predictor.grid(*image.shape))
+    model = default.model
+    whole = WholePasses(bundle, image)
+    reference = whole(default.geometry.halo)
+    monai = {}
+    for overlap in (0.25, 0.5):
+        seconds, labels = timed(monai_labels, model, pixels, overlap)
+        monai[overlap] = {"name": f"monai-{overlap}", "seconds": round(seconds, 3),
+                          "agreement": round(float((labels == reference).mean()), 6)}
+    exact = Predictor(bundle, device="cpu", batch_size=2, halo="exact")
+    points = [tessera_point("tessera-default", default, image, whole), tessera_point("tessera-exact", exact, image, whole)]
+    halo, stride = default.geometry.halo, default.geometry.stride
+    picks = [(512, halo), (768, halo), (1024, halo), (768, max(stride, halo - stride)), (1024, exact.geometry.halo)]
+    for tile, pick in dict.fromkeys(picks):
+        with warnings.catch_warnings():  # an override warns with the measured agreement: known here
+            warnings.simplefilter("ignore")
+            predictor = Predictor(bundle, device="cpu", batch_size=2, tile=tile, halo=pick)
+        points.append(tessera_point(f"tessera-{tile}-halo{pick}", predictor, image, whole))
+    fit = fit_tile(default.geometry, dict(default.tile_rates), *image.shape[:2])
+    base = monai[0.25]
+    good = [p for p in points if p["agreement"] >= base["agreement"]]
+    fastest = min(good, key=lambda p: p["seconds"]) if good else None
+    scan = bundle.info.halo
     return {
-        "vs_monai": round(monai_seconds / tiled_seconds, 3),
-        "monai_vs_whole": round(monai_seconds / whole_seconds, 3),
-        "tiled_vs_whole_smp": round(whole_seconds / tiled_seconds, 3),
-        "agreement_tessera": round(float((tiled.labels == whole.labels).mean()), 6),
-        "agreement_monai": round(float((monai_labels == whole.labels).mean()), 6),
-        "smp_halo": predictor.geometry.halo,
-        "smp_tile": predictor.tile,
-        "vs_monai_auto_tile": round(monai_seconds / tuned_seconds, 3),
-        "agreement_tessera_auto_tile": round(float((tuned_labels.labels == whole.labels).mean()), 6),
-        "smp_auto_tile": tuned.tile,
-        "gflops_ratio_whole": round(whole_gflop / whole_seconds / peak, 3),
-        "gflops_ratio_tiled": round(tile_gflop / tiled_seconds / peak, 3),
+        "smp_weights": "trained",
+        "smp_training": training,
+        "smp_held_out_pixel_accuracy": round(held_out_accuracy(bundle), 4),
+        "smp_halo_scan": {"seconds": round(scan_seconds, 1), "impulse": scan["impulse"], "tiles": scan["tiles"],
+                          "agreement": scan["agreement"], "presets": scan["presets"]},
+        "smp_tile_measure_seconds": round(measure_seconds, 2),
+        "smp_tile_rates_mpix_s": {str(size): round(rate / 1e6, 3) for size, rate in default.tile_rates},
+        "smp_tile_fit_predicted_s": {str(size): round(sec, 2) for size, sec in fit.seconds.items()},
+        "smp_pareto": [monai[0.25], monai[0.5], *points],
+        "vs_monai_same_agreement": round(base["seconds"] / fastest["seconds"], 3) if fastest else None,
+        "vs_monai_same_agreement_setting": fastest["name"] if fastest else None,
+        "vs_monai": round(base["seconds"] / points[0]["seconds"], 3),
+        "agreement_tessera": points[0]["agreement"],
+        "agreement_monai": base["agreement"],
+        "vs_monai_exact": round(base["seconds"] / points[1]["seconds"], 3),
+        "agreement_tessera_exact": points[1]["agreement"],
+        "tiled_vs_whole_smp": round(whole.seconds[halo] / points[0]["seconds"], 3),
+        "monai_vs_whole": round(base["seconds"] / whole.seconds[halo], 3),
+        "smp_halo": halo,
+        "smp_tile": points[0]["tile"],
+        "gflops_ratio_whole": round(model_gflop(model, 64) / 64**2 * image.size / whole.seconds[halo] / peak, 3),
     }
 
 

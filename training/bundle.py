@@ -9,6 +9,7 @@ under the key ``"tessera"``::
      "normalization": {"mode": "image", ...},     # training.normalization.Normalization
      "geometry": {"padding": "valid", "depth": 4, "halo": 92, "kind": "unet"},
      "tile": {"input": 700},                      # default tile input size for inference
+     "halo": {"presets": {"default": {"halo": 64, "agreement": 0.9995, ...}, ...}, ...},  # same padding
      "threshold": 0.3 | null,                     # decision threshold (training.inference.decision)
      "provenance": {...}, "metrics": {...}}
 
@@ -64,6 +65,10 @@ class BundleInfo:
     normalization: Normalization = field(default_factory=Normalization)
     geometry: TileGeometry | None = None
     tile: dict[str, Any] = field(default_factory=dict)
+    #: Same-padded networks: the halo scan (:class:`training.inference.halo.HaloScan` as JSON):
+    #: agreement with the whole-image pass per halo and the halo of each preset. Empty: the
+    #: geometry's halo is the impulse-response radius (:func:`training.models.measure_halo`).
+    halo: dict[str, Any] = field(default_factory=dict)
     task: str = "segmentation"
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +93,7 @@ class BundleInfo:
             "normalization": self.normalization.to_dict(),
             "geometry": self.geometry.to_dict() if self.geometry else None,
             "tile": self.tile,
+            "halo": self.halo,
             "threshold": self.threshold,
             "tta_thresholds": self.tta_thresholds,
             "overlay_classes": self.overlay_classes,
@@ -106,6 +112,7 @@ class BundleInfo:
             normalization=Normalization.from_dict(data["normalization"]),
             geometry=TileGeometry.from_dict(geometry) if geometry else None,
             tile=dict(data.get("tile") or {}),
+            halo=dict(data.get("halo") or {}),
             task=data.get("task", "segmentation"),
             provenance=dict(data.get("provenance") or {}),
             metrics=dict(data.get("metrics") or {}),

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import tifffile
 
 from service.batch.files import (
     UnsafeNameError,
@@ -238,7 +239,6 @@ def segment_file(item: FolderItem, spec: PredictorSpec, options: FolderOptions, 
 
 def encode_tiff(planes: np.ndarray) -> bytes:
     """``(K, H, W)`` planes as zlib-compressed TIFF bytes (deterministic: no date stored)."""
-    import tifffile
 
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, planes, photometric="minisblack", compression="zlib", metadata={"axes": "CYX"})

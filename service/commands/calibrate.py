@@ -9,6 +9,13 @@ command re-chooses after the fact, by another metric or on other images. Calibra
 model trained on or on a calibration set, never on the images you report figures for. The
 bundle's ``metrics`` stay the ones training logged, at the thresholds recorded as ``replaced`` in
 ``provenance.calibration``; ``tessera evaluate`` scores the new ones.
+
+``--halo [default|exact]`` calibrates a same-padded bundle's halo instead (any number of classes):
+for halos on the stride grid, the tiled labels are compared with one whole-image pass on the
+images (laid into 1024² mosaics), and the smallest halo whose labels agree on all but 0.1% of the
+pixels (``default``) and all but 1e-4 (``exact``) is stored with its measured agreement
+(:mod:`training.inference.halo`); the named preset becomes the halo the bundle predicts with
+(``tessera predict --halo`` picks another). The decision threshold is left as it is.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 from service.commands.labelled import add_dataset_options, labelled_folder
 from training.bundle import BundleError
 from training.data.dataset import ISBI_TRAIN
+from training.errors import OptionError
 from training.loop.config import CALIBRATION_METRICS
 
 EXAMPLES = """\
@@ -29,6 +37,8 @@ examples:
       the shipped ISBI 2012 training slices 0, 5, 10, 15, 20, as training calibrates
   tessera calibrate model.safetensors -o calibrated.safetensors --images data/img --masks data/mask \\
       --select 0-9 --by rand_error --tta flips --tta d4
+  tessera calibrate smp.safetensors -o smp-halo.safetensors --halo
+      the halo of a same-padded (smp) bundle from agreement with the whole-image pass
 """
 
 
@@ -48,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tta", action="append", choices=("flips", "d4"), default=None,
                         help="also calibrate for this test-time augmentation (repeatable; default: the "
                              "modes the bundle already has thresholds for)")
+    parser.add_argument("--halo", nargs="?", const="default", choices=("default", "exact"), default=None,
+                        help="measure a same-padded bundle's halo instead of the threshold; the preset "
+                             "named (default: default, 0.1%% of labels may differ; exact: 1e-4) becomes "
+                             "the bundle's halo")
     parser.add_argument("--rand-class", help="class whose components the adapted Rand error compares")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
@@ -71,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         set_cpu_threads(args.threads)
     bundle = load_bundle(args.bundle)
     folder = labelled_folder(args, calibration_subset(ISBI_TRAIN))
+    if args.halo is not None:
+        return calibrate_halo(args, bundle, [folder.load(index) for index in range(len(folder))])
     check_classes(folder, bundle.info.classes)
     examples = [folder.load(index) for index in range(len(folder))]
     interior = interior_class(bundle.info.classes, args.rand_class)
@@ -93,4 +109,30 @@ def run(args: argparse.Namespace) -> int:
     }
     path = save_bundle(args.output, bundle.model, info)
     print(json.dumps({"bundle": str(path), **info.provenance["calibration"]}, indent=2))
+    return 0
+
+
+def calibrate_halo(args: argparse.Namespace, bundle, examples: list) -> int:
+    """``--halo``: scan the halo on the examples' images, store it, make ``args.halo`` the bundle's."""
+    import dataclasses
+
+    from training.bundle import save_bundle
+    from training.inference.halo import measure_bundle_halo
+
+    if bundle.info.geometry.padding != "same":
+        raise OptionError(f"{args.bundle}: a valid-padded U-Net; its halo is its margin "
+                         f"({bundle.info.geometry.margin} px) and tiles are exact, nothing to calibrate")
+    measured = measure_bundle_halo(bundle, [e.image for e in examples], device=args.device)
+    info = measured.info
+    presets = info.halo["presets"]
+    info = dataclasses.replace(info, geometry=dataclasses.replace(info.geometry, halo=presets[args.halo]["halo"]))
+    info.halo["preset"] = args.halo
+    info.provenance["halo_calibration"] = {"images": [e.name for e in examples], "from": str(args.bundle)}
+    path = save_bundle(args.output, measured.model, info)
+    for name, preset in presets.items():
+        if not preset["reached"]:
+            print(f"tessera calibrate: warning: no halo up to {max(map(int, info.halo['agreement']))} px reaches "
+                  f"the {name} preset ({preset['target']:.4%}); the best measured, {preset['halo']} px, agrees on "
+                  f"{preset['agreement']:.4%}", file=sys.stderr)
+    print(json.dumps({"bundle": str(path), "halo": info.geometry.halo, **info.halo}, indent=2))
     return 0

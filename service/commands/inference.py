@@ -26,9 +26,17 @@ def add_bundle_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_predictor_options(parser: argparse.ArgumentParser) -> None:
-    """--tile, --batch-size, --device, --tta, --blend, --overlap, --threshold: the fields of
+    """--tile, --halo, --precision, --batch-size, --device, --tta, --blend, --overlap, --threshold: the fields of
     :class:`~training.inference.options.InferenceOptions` (read back by :func:`inference_options`)."""
-    parser.add_argument("--tile", default=None, help="tile input size in pixels, or 'auto' to measure (default: the bundle's)")
+    parser.add_argument("--tile", default=None,
+                        help="tile input size in pixels, or 'auto': measure each size's speed once and choose per "
+                             "image by speed and grid fit (default: the bundle's tile; auto for same-padded models)")
+    parser.add_argument("--halo", default=None, metavar="default|exact|N",
+                        help="same-padded models: the halo preset measured from agreement with the whole-image pass "
+                             "(default: 0.1%% of labels may differ, exact: 1e-4), or N pixels (warns with the "
+                             "measured agreement at N); default: the bundle's")
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                        help="auto: bf16/fp16 autocast on CUDA, float32 on the CPU; float32: no autocast")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (halved on out-of-memory)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--tta", nargs="?", const="d4", default="none", choices=tuple(TTA_MODES),
@@ -58,6 +66,7 @@ def inference_options(args: argparse.Namespace) -> InferenceOptions:
         tile=parse_tile(args.tile), batch_size=args.batch_size, tta=args.tta, blend=args.blend,
         overlap=DEFAULT_OVERLAP if args.overlap is None else args.overlap,
         threshold=parse_threshold(args.threshold), device=args.device,
+        halo=args.halo, precision=args.precision,
     )
 
 

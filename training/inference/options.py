@@ -20,6 +20,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from training.device import PRECISIONS
 from training.errors import OptionError
 from training.inference.blending import (
     DEFAULT_OVERLAP,
@@ -53,6 +54,18 @@ class InferenceOptions:
         threshold: two-class models: ``"bundle"`` (the bundle's calibrated threshold for this
             ``tta`` mode, argmax if it has none), ``None`` (argmax) or a probability in [0, 1].
         device: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda:0"``...
+        halo: same-padded networks: the context a tile reads beyond its output. ``None``: the
+            bundle's (its measured ``default`` preset, else the impulse-response radius);
+            ``"default"`` / ``"exact"``: the preset measured from agreement with the whole-image
+            pass (:mod:`training.inference.halo`); a number of pixels overrides it (with a
+            warning giving the measured agreement at that halo when the bundle has it).
+        precision: ``"auto"`` (bf16/fp16 autocast on CUDA, float32 on the CPU), ``"float32"``
+            (no autocast anywhere: tiles equal the whole pass to float round-off), ``"bfloat16"``,
+            ``"float16"`` (CUDA) -- :func:`training.device.autocast_dtype`.
+        tile_rates: the measured output pixels per second of each tile size (``tile="auto"``, and
+            the default of same-padded networks): the tile is then chosen per image
+            (:func:`training.inference.tilefit.fit_tile`). Measured by the predictor when None;
+            its resolved options carry them, so workers choose the same tiles without measuring.
     """
 
     tile: int | str | None = None
@@ -63,6 +76,9 @@ class InferenceOptions:
     sigma_scale: float = DEFAULT_SIGMA_SCALE
     threshold: float | str | None = BUNDLE_THRESHOLD
     device: str = "auto"
+    halo: int | str | None = None
+    precision: str = "auto"
+    tile_rates: tuple[tuple[int, float], ...] | None = None
 
     def __post_init__(self) -> None:
         check_blend(self.blend, self.overlap, self.sigma_scale)
@@ -74,6 +90,9 @@ class InferenceOptions:
             "sigma_scale": float(self.sigma_scale),
             "threshold": _check_threshold(self.threshold),
             "device": str(self.device),
+            "halo": _check_halo(self.halo),
+            "precision": _check_precision(self.precision),
+            "tile_rates": _check_tile_rates(self.tile_rates),
         }
         for name, value in fields.items():
             object.__setattr__(self, name, value)
@@ -109,6 +128,10 @@ class InferenceOptions:
                 settings["sigma_scale"] = self.sigma_scale
         if self.threshold != BUNDLE_THRESHOLD:
             settings["threshold"] = self.threshold
+        if self.halo is not None:
+            settings["halo"] = self.halo
+        if self.precision != "auto":
+            settings["precision"] = self.precision
         return settings
 
 
@@ -125,7 +148,7 @@ def _check_tile(tile: int | str | None) -> int | str | None:
 
 
 def _check_batch_size(batch_size: int | None) -> int | None:
-    """``None`` or a whole number >= 1; ValueError otherwise."""
+    """``None`` or a whole number >= 1; OptionError otherwise."""
     if batch_size is None:
         return None
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
@@ -134,7 +157,7 @@ def _check_batch_size(batch_size: int | None) -> int | None:
 
 
 def _check_threshold(threshold: float | str | None) -> float | str | None:
-    """``"bundle"``, ``None`` or a probability in [0, 1] (a float); ValueError otherwise."""
+    """``"bundle"``, ``None`` or a probability in [0, 1] (a float); OptionError otherwise."""
     if threshold is None or threshold == BUNDLE_THRESHOLD:
         return threshold
     try:
@@ -142,3 +165,41 @@ def _check_threshold(threshold: float | str | None) -> float | str | None:
     except (TypeError, ValueError):
         raise OptionError(f"threshold must be 'bundle', None or a probability, not {threshold!r}") from None
     return check_threshold(value, 2)
+
+
+#: ``halo`` names: the presets measured from agreement (:data:`training.inference.halo.HALO_PRESETS`).
+HALO_NAMES = ("default", "exact")
+
+
+def _check_halo(halo: int | str | None) -> int | str | None:
+    """``None``, a preset name or a number of pixels >= 0; OptionError otherwise."""
+    if halo is None or halo in HALO_NAMES:
+        return halo
+    if isinstance(halo, str) and halo.strip().isdigit():
+        halo = int(halo)
+    if not isinstance(halo, numbers.Integral) or isinstance(halo, bool) or halo < 0:
+        raise OptionError(f"halo must be {' or '.join(HALO_NAMES)} or a number of pixels, not {halo!r}")
+    return int(halo)
+
+
+def _check_precision(precision: str) -> str:
+    """A :data:`training.device.PRECISIONS` name; ValueError otherwise (whether the device can run
+    it is the predictor's check)."""
+    if precision not in PRECISIONS:
+        raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    return str(precision)
+
+
+def _check_tile_rates(rates: Any) -> tuple[tuple[int, float], ...] | None:
+    """Measured tile throughput as sorted ``((size, output pixels per second), ...)`` from a dict or
+    pairs (JSON gives lists); ValueError for sizes < 1 or rates <= 0."""
+    if rates is None:
+        return None
+    pairs = rates.items() if isinstance(rates, dict) else rates
+    try:
+        checked = tuple(sorted((int(size), float(rate)) for size, rate in pairs))
+    except (TypeError, ValueError):
+        raise OptionError(f"tile_rates must map tile sizes to pixels per second, not {rates!r}") from None
+    if not checked or any(size < 1 or rate <= 0 for size, rate in checked):
+        raise OptionError(f"tile_rates must map tile sizes >= 1 to positive rates, not {rates!r}")
+    return checked

@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,14 +46,16 @@ import torch
 
 from training.bundle import DEFAULT_BUNDLE, Bundle, BundleError, BundleInfo, load_bundle
 from training.data.label_offset import correction_reach, shift_maps
-from training.device import BatchRunner, autocast, prepare_model, resolve_device
+from training.device import BatchRunner, autocast, autocast_dtype, prepare_model, resolve_device
 from training.geometry import TileGeometry
-from training.inference.autotile import TileChoice, choose_tile
+from training.inference.autotile import AUTO_TILE_CANDIDATES, TileChoice, choose_tile
 from training.inference.blending import BandBlender
 from training.inference.decision import check_threshold, decide
+from training.inference.halo_record import resolve_halo
 from training.inference.options import AUTO_TILE, BUNDLE_THRESHOLD, InferenceOptions
 from training.inference.prefetch import prefetch
 from training.inference.skipping import TileSkip
+from training.inference.tilefit import fit_tile
 from training.inference.tiling import Box, Tile, TileGrid, check_region
 from training.inference.tta import TTA_MODES, tta_caveat, tta_corrections
 from training.io.images import ImageError, match_channels
@@ -108,39 +111,32 @@ class Predictor:
         options = InferenceOptions.build(options, **settings)
         self.device = resolve_device(options.device)
         self.bundle = segmentation_bundle(bundle_or_path)
-        self._warn_if_inexact(options.blend)
+        warn_if_inexact(self.bundle.model, options.blend)
         self.model = prepare_model(self.bundle.model, self.device)
         self.transforms = TTA_MODES[options.tta]
         caveat = tta_caveat(self.info, options.tta)
         if caveat:
             warnings.warn(caveat, stacklevel=2)
         self.corrections = tta_corrections(self.info, self.transforms)
-        #: The tile geometry: the model's, with the context grown by what the TTA corrections read.
-        self.geometry: TileGeometry = self.info.geometry
-        reach = correction_reach(self.corrections or [])
-        if reach:
-            self.geometry = dataclasses.replace(self.geometry, halo=self.geometry.context + reach)
+        #: The tile geometry: the model's (with the halo ``options.halo`` asks for), the context
+        #: grown by what the TTA corrections read.
+        self.geometry: TileGeometry = tile_geometry(self.info, options.halo, self.corrections)
+        self.precision = options.precision
+        autocast_dtype(self.device, self.precision)  # float16 on the CPU: ValueError here
         self.batch_size = options.batch_size or DEFAULT_BATCH.get(self.device.type, 2)
         self._runner = BatchRunner(self._forward, self.batch_size)
-        self.tile = self._resolve_tile(options.tile)
-        #: The options resolved: the tile size and batch size as numbers.
-        self.options = options.replace(tile=self.tile, batch_size=self.batch_size)
+        self.tile = self._resolve_tile(options.tile, options.tile_rates)
+        #: The options resolved: the tile size and batch size as numbers, or with a tile chosen per
+        #: image the measured rates it is chosen from.
+        if self.tile_rates is None:
+            self.options = options.replace(tile=self.tile, batch_size=self.batch_size)
+        else:
+            self.options = options.replace(tile=AUTO_TILE, batch_size=self.batch_size, tile_rates=self.tile_rates)
         threshold = options.threshold
         if threshold == BUNDLE_THRESHOLD:
             threshold = self.info.tta_thresholds.get(options.tta, self.info.threshold)
         #: The decision threshold in use (a probability), or None for the argmax.
         self.threshold = check_threshold(threshold, self.num_classes)
-
-    def _warn_if_inexact(self, blend: str) -> None:
-        """Warn when the model normalises each input by its own statistics (tiles cannot be exact)."""
-        if any(isinstance(m, PER_SAMPLE_NORMS) for m in self.bundle.model.modules()):
-            warnings.warn(
-                "this model normalises each input with its own statistics (instance/group norm): "
-                "tiles see different statistics than a whole-image pass, so tiled results are not exact"
-                + ("" if blend == "gaussian" else "; to hide the seams, blend overlapping tiles with "
-                   "blend='gaussian' (tessera predict --blend gaussian)"),
-                stacklevel=3,
-            )
 
     # ------------------------------------------------------------------ description
     @property
@@ -163,23 +159,38 @@ class Predictor:
     def num_classes(self) -> int:
         return int(self.info.spec.get("num_classes", len(self.info.classes)))
 
-    def _resolve_tile(self, tile: int | str | None) -> int:
-        """The tile input size: the bundle's default for None, measured for "auto", checked valid."""
+    def _resolve_tile(self, tile: int | str | None, rates: tuple[tuple[int, float], ...] | None) -> int:
+        """The tile input size: checked valid when given; for ``"auto"`` (and ``None`` with a
+        same-padded network) chosen per image from measured rates (:meth:`tile_for`), this
+        being the fastest per output pixel; for ``None`` otherwise the bundle's default."""
+        self.tile_rates: tuple[tuple[int, float], ...] | None = None
+        if tile == AUTO_TILE or (tile is None and self.geometry.padding == "same"):
+            if rates is None:
+                rates = tuple(sorted(measured_rates(self).items()))
+            self.tile_rates = rates
+            throughput = dict(rates)
+            self.tile_choice: TileChoice = TileChoice(size=max(throughput, key=throughput.get), throughput=throughput)
+            return self.tile_choice.size
         if tile is None:
             tile = int(self.info.tile.get("input", 0)) or self.geometry.input_size_for(388)
-        if tile == AUTO_TILE:
-            self.tile_choice: TileChoice = choose_tile(self)
-            return self.tile_choice.size
         tile = int(tile)
         self.geometry.check_input(tile)
         self.geometry.tile_step(tile)
         return tile
 
+    def tile_for(self, height: int, width: int) -> int:
+        """The tile input size for a ``height x width`` image: :attr:`tile`, or with measured rates
+        the size whose grid on this image is predicted fastest
+        (:func:`training.inference.tilefit.fit_tile`: speed per output pixel and grid waste)."""
+        if self.tile_rates is None:
+            return self.tile
+        return fit_tile(self.geometry, dict(self.tile_rates), height, width).size
+
     def grid(self, height: int, width: int) -> TileGrid:
         """The tile grid this predictor uses for a ``height x width`` image (overlapping tiles
         when blending)."""
         overlap = self.overlap if self.blend == "gaussian" else 0.0
-        return TileGrid.plan(self.geometry, height, width, self.tile, overlap)
+        return TileGrid.plan(self.geometry, height, width, self.tile_for(height, width), overlap)
 
     # ------------------------------------------------------------------ public API
     def statistics(self, source: ArrayLike2D) -> Stats:
@@ -246,7 +257,7 @@ class Predictor:
         if labels is None and probabilities is None:
             raise ValueError("predict_to needs a labels or a probabilities sink")
         source = fit_channels(source, self.info.in_channels)
-        self._check_source(source)
+        check_source(source, self.info.in_channels)
         height, width = source.shape[:2]
         self._stream(
             source,
@@ -282,20 +293,12 @@ class Predictor:
             raise ImageError(f"image shape {image.shape} is not a non-empty (H, W) or (H, W, C) array", "shape")
         return match_channels(image, self.info.in_channels)
 
-    def _check_source(self, source: ArrayLike2D) -> None:
-        shape = source.shape
-        if len(shape) not in (2, 3) or shape[0] < 1 or shape[1] < 1:
-            raise ImageError(f"image shape {tuple(shape)} is not a non-empty (H, W) or (H, W, C) array", "shape")
-        have = 1 if len(shape) == 2 else shape[2]
-        if have != self.info.in_channels:
-            raise ImageError(f"image has {have} channel(s), the model takes {self.info.in_channels}", "channels")
-
     # ------------------------------------------------------------------ the engine
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Probabilities ``(N, K, h, w)`` float32 on the CPU for a normalised batch, TTA averaged."""
         batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
         total = None
-        with torch.inference_mode(), autocast(self.device):
+        with torch.inference_mode(), autocast(self.device, self.precision):
             for view, (turns, flip) in enumerate(self.transforms):
                 x = torch.rot90(batch.flip(-1) if flip else batch, turns, dims=(-2, -1))
                 y = self._activation(self.model(x).float())
@@ -383,6 +386,40 @@ class Predictor:
 
 
 
+
+def check_source(source: ArrayLike2D, in_channels: int) -> None:
+    """ImageError unless ``source`` is a non-empty ``(H, W[, C])`` image of ``in_channels`` channels."""
+    shape = source.shape
+    if len(shape) not in (2, 3) or shape[0] < 1 or shape[1] < 1:
+        raise ImageError(f"image shape {tuple(shape)} is not a non-empty (H, W) or (H, W, C) array", "shape")
+    have = 1 if len(shape) == 2 else shape[2]
+    if have != in_channels:
+        raise ImageError(f"image has {have} channel(s), the model takes {in_channels}", "channels")
+
+
+def warn_if_inexact(model: torch.nn.Module, blend: str) -> None:
+    """Warn when ``model`` normalises each input by its own statistics (tiles cannot be exact)."""
+    if any(isinstance(m, PER_SAMPLE_NORMS) for m in model.modules()):
+        warnings.warn(
+            "this model normalises each input with its own statistics (instance/group norm): "
+            "tiles see different statistics than a whole-image pass, so tiled results are not exact"
+            + ("" if blend == "gaussian" else "; to hide the seams, blend overlapping tiles with "
+               "blend='gaussian' (tessera predict --blend gaussian)"),
+            stacklevel=3,
+        )
+
+
+def tile_geometry(info: BundleInfo, halo: str | int | None, corrections: list[tuple[float, float]] | None) -> TileGeometry:
+    """The bundle's tile geometry with the halo ``halo`` asks for (a note on an override is
+    warned), its context grown by the pixels the TTA ``corrections`` read."""
+    geometry, note = resolve_halo(info, halo)
+    if note:
+        warnings.warn(note, stacklevel=3)
+    reach = correction_reach(corrections or [])
+    if reach:
+        geometry = dataclasses.replace(geometry, halo=geometry.context + reach)
+    return geometry
+
 def segmentation_bundle(bundle_or_path: Bundle | str | Path | None) -> Bundle:
     """The bundle to predict with (loaded if a path; the shipped model for None), or ValueError
     when it is not a segmentation model."""
@@ -390,3 +427,22 @@ def segmentation_bundle(bundle_or_path: Bundle | str | Path | None) -> Bundle:
     if bundle.info.task != "segmentation" or bundle.info.geometry is None:
         raise BundleError(f"{bundle.path}: not a segmentation model (task {bundle.info.task!r})")
     return bundle
+
+
+#: Tile rates measured in this process, per model: a predictor built again for the same model,
+#: device, batch, geometry, views and precision reuses them (measuring takes seconds).
+_RATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def measured_rates(predictor: Predictor) -> dict[int, float]:
+    """Output pixels per second of each candidate tile size for this predictor
+    (:func:`training.inference.autotile.choose_tile`), measured once per process and setting. A
+    bundle whose halo was scanned (:mod:`training.inference.halo`) only gets tiles at least as
+    large as the smallest scanned one: smaller tiles would agree less than measured."""
+    key = (str(predictor.device), predictor.batch_size, predictor.geometry, len(predictor.transforms), predictor.precision)
+    cache = _RATES.setdefault(predictor.model, {})
+    if key not in cache:
+        smallest = min(predictor.info.halo.get("tiles") or [0])
+        candidates = [c for c in AUTO_TILE_CANDIDATES if c >= smallest] or [smallest]
+        cache[key] = dict(choose_tile(predictor, candidates=candidates).throughput)
+    return cache[key]

@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from training.io.images import (
     DEFAULT_MAX_PIXELS,
@@ -100,8 +101,7 @@ def check_pixels(source: ArrayLike2D, max_pixels: int | None, name: str = "image
 
 def open_tiff(path: str | Path) -> ArrayLike2D:
     """The first image of a TIFF/BigTIFF, full resolution, as a lazy zarr array."""
-    import tifffile
-    import zarr
+    import zarr  # noqa: PLC0415  zarr only for .zarr inputs
 
     try:
         tiff = tifffile.TiffFile(path)
@@ -121,7 +121,7 @@ def open_tiff(path: str | Path) -> ArrayLike2D:
 
 def open_zarr(path: str | Path) -> ArrayLike2D:
     """A zarr array, or the full-resolution ``"0"`` array of an OME-Zarr group."""
-    import zarr
+    import zarr  # noqa: PLC0415  zarr only for .zarr inputs
 
     try:
         node = zarr.open(str(path), mode="r")

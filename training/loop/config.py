@@ -149,7 +149,10 @@ class RunConfig:
     ``precision`` of the training steps (:func:`training.device.autocast_dtype`): ``auto`` (mixed
     bf16/fp16 on CUDA, float32 on the CPU), ``float32``, ``bfloat16`` (also on the CPU: about 2x
     faster where the CPU has bf16 instructions) or ``float16`` (CUDA). Validation and the saved
-    bundles are float32 either way.
+    bundles are float32 either way. ``halo`` (same-padded networks): ``scan`` -- at the end of the
+    run the best bundle's halo is measured from agreement with the whole-image pass on the
+    validation images (training images when there are none; :mod:`training.inference.halo`);
+    ``impulse`` -- keep the impulse-response radius.
     """
 
     epochs: int | None = 50
@@ -168,6 +171,7 @@ class RunConfig:
     calibrate_by: str | None = None
     precise_bn: int = 0
     precision: str = "auto"
+    halo: Literal["scan", "impulse"] = "scan"
 
 
 @dataclass
@@ -187,7 +191,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Cross-field checks beyond types; returns ``self``."""
-        from training.device import PRECISIONS
+        from training.device import PRECISIONS  # noqa: PLC0415  the config stays readable without loading torch
 
         checks = [
             (bool(self.data.images) and bool(self.data.masks), "data.images and data.masks", "are required"),
@@ -215,6 +219,7 @@ class TrainConfig:
             (self.model.depth >= 1 and self.model.width >= 1, "model.depth / model.width", "must be >= 1"),
             (self.run.precise_bn >= 0, "run.precise_bn", "must be >= 0"),
             (self.run.precision in PRECISIONS, "run.precision", f"must be one of {', '.join(PRECISIONS)}"),
+            (self.run.halo in ("scan", "impulse"), "run.halo", "must be scan or impulse"),
             (self.run.monitor in MONITORS, "run.monitor", f"must be one of {', '.join(MONITORS)}"),
             (self.run.calibrate_by in (None, *CALIBRATION_METRICS), "run.calibrate_by",
              f"must be one of {', '.join(CALIBRATION_METRICS)}"),
@@ -222,8 +227,8 @@ class TrainConfig:
         for ok, key, problem in checks:
             if not ok:
                 raise ConfigError(f"{key}: {problem}")
-        from training.data.augment import read_config
-        from training.data.label_offset import check_label_offset
+        from training.data.augment import read_config  # noqa: PLC0415  albumentations loads only for a config that augments
+        from training.data.label_offset import check_label_offset  # noqa: PLC0415  albumentations loads only for a config that augments
 
         try:
             read_config(self.augment)
@@ -270,7 +275,7 @@ PATH_KEYS = {"data": ("images", "masks", "val_images", "val_masks"), "model": ("
 def _anchor_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Make the input paths of a config file relative to its folder (``run.output`` and
     command-line overrides stay relative to the working directory; ``default`` names the shipped model)."""
-    from training.bundle import DEFAULT_NAMES
+    from training.bundle import DEFAULT_NAMES  # noqa: PLC0415  the config stays readable without loading torch
 
     for section, keys in PATH_KEYS.items():
         values = data.get(section)

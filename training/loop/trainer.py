@@ -375,7 +375,7 @@ class Trainer:
         self.log(_summary(row, is_best))
 
     def _finish(self) -> dict[str, Path]:
-        """The best bundle's thresholds for test-time augmentation; curves and overlays (PNG)."""
+        """The best bundle's thresholds for test-time augmentation and halo; curves and overlays (PNG)."""
         files = self.artifacts.history_files()
         best = self.artifacts.best
         if self.config.run.threshold == "calibrate" and best.is_file():
@@ -383,6 +383,8 @@ class Trainer:
             if thresholds:
                 self.log("best bundle, thresholds with test-time augmentation: "
                          + "  ".join(f"{mode} {value}" for mode, value in thresholds.items()))
+        if self.config.run.halo == "scan" and self.info.geometry.padding == "same" and best.is_file():
+            self.log(self.validation.measure_halo(best))
         if self.history:
             files["curves"] = self.artifacts.write_curves(self.history)
         if self.splits.val_examples and self.config.run.overlays and best.is_file():

@@ -11,7 +11,9 @@ them with :func:`training.loop.evaluate.score` (pooled over images). Before it, 
   (:mod:`training.inference.decision`) by ``run.calibrate_by``.
 
 At the end of a run the best bundle's threshold is calibrated again for each test-time augmentation
-mode the model trained for (:meth:`Validation.calibrate_tta`, ``tta_thresholds`` in the bundle).
+mode the model trained for (:meth:`Validation.calibrate_tta`, ``tta_thresholds`` in the bundle),
+and a same-padded network's halo is measured from agreement with the whole-image pass
+(:meth:`Validation.measure_halo`, ``run.halo: scan``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 
 from training.bundle import BundleInfo, load_bundle, save_bundle
 from training.data.patches import UNIFORM_WEIGHTS, PatchDataset
+from training.inference.halo import measure_bundle_halo
 from training.inference.predictor import Predictor, tta_caveat
 from training.loop.averaging import WeightAverage
 from training.loop.batchnorm import recompute_batchnorm
@@ -126,3 +129,14 @@ class Validation:
         )
         save_bundle(path, bundle.model, bundle.info)
         return thresholds
+
+    def measure_halo(self, path: Path) -> str:
+        """Measure the halo of the same-padded bundle at ``path`` on the validation images
+        (training images when there are none) and store it (:mod:`training.inference.halo`);
+        returns a line for the log: the halo and agreement of each preset."""
+        examples = self.splits.val_examples or self.splits.train_examples
+        bundle = measure_bundle_halo(load_bundle(path), [e.image for e in examples], device=self.device)
+        save_bundle(path, bundle.model, bundle.info)
+        presets = bundle.info.halo["presets"]
+        return "best bundle, halo from agreement with the whole-image pass: " + "  ".join(
+            f"{name} {p['halo']} px ({p['agreement']:.4%})" for name, p in presets.items())

@@ -173,7 +173,7 @@ def finish(partial: Path, output: Path, job: GigapixelJob, spec: PredictorSpec, 
     sweep_temporaries(partial)
     options = spec.options
     attributes = {
-        "job": key, "bundle_sha256": spec.sha256, "tile": options.tile, "tta": options.tta,
+        "job": key, "bundle_sha256": spec.sha256, "tile": predictor.tile_for(*job.shape[:2]), "tta": options.tta,
         "classes": list(predictor.info.classes), "threshold": predictor.threshold, "chunk": list(job.chunk),
         "values": "class index",
         **({"blend": {"mode": options.blend, "overlap": options.overlap, "sigma_scale": options.sigma_scale}}

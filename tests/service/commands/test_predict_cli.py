@@ -11,7 +11,7 @@ from service.cli import main
 from tests.support.bundles import TINY_UNET, make_bundle
 from tests.support.images import random_image
 from tests.support.paths import ISBI
-from training.bundle import save_bundle
+from training.bundle import DEFAULT_BUNDLE, save_bundle
 from training.inference.predictor import Predictor
 from training.io.images import ImageError, read_image
 from training.io.overlay import foreground_classes, overlay
@@ -193,7 +193,6 @@ def test_failure_mid_stream_leaves_no_output_or_temporary(tmp_path, predictor):
 
 
 def test_default_bundle_names(tmp_path, capsys):
-    from training.bundle import DEFAULT_BUNDLE
 
     code = main(["predict", "-", str(ISBI / "image" / "27.png"), "-o", str(tmp_path / "m.png"), "--quiet"])
     if DEFAULT_BUNDLE.exists():

@@ -14,7 +14,8 @@ from training.inference.predictor import Predictor
 def test_defaults_and_normalised_fields() -> None:
     options = InferenceOptions()
     assert options.to_dict() == {"tile": None, "batch_size": None, "tta": "none", "blend": "none", "overlap": 0.25,
-                                 "sigma_scale": 0.125, "threshold": "bundle", "device": "auto"}
+                                 "sigma_scale": 0.125, "threshold": "bundle", "device": "auto",
+                                 "halo": None, "precision": "auto", "tile_rates": None}
     assert InferenceOptions(tta=True).tta == "d4" and InferenceOptions(tta=False).tta == "none"
     assert InferenceOptions(tile="572").tile == 572 and InferenceOptions(tile="auto").tile == "auto"
     assert InferenceOptions(threshold="0.4").threshold == 0.4 and InferenceOptions(threshold=None).threshold is None

@@ -14,12 +14,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from tests.support.bundles import TINY_SMP
 from tests.support.paths import ISBI
-from training.bundle import load_bundle, read_bundle_info
+from training.bundle import load_bundle, new_bundle_info, read_bundle_info, save_bundle
+from training.data.augment import OffsetDihedral
+from training.inference.decision import CALIBRATION_THRESHOLDS
 from training.inference.predictor import Predictor
 from training.loop.batchnorm import recompute_batchnorm
 from training.loop.config import load_config
 from training.loop.trainer import Trainer
+from training.models import build_model
+from training.normalization import Normalization
 
 #: Crop of each slice used (pixels per side) and the slices: two train, one validation.
 CROP = 128
@@ -169,7 +174,6 @@ def test_calibrated_threshold_is_chosen_on_training_images_and_recorded(data: Pa
     assert info.threshold == result.best_metrics["val_threshold"]
     assert read_bundle_info(result.last).threshold == thresholds[-1]
     # The threshold is the best one on the training images (0 and 1), not on the validation image.
-    from training.inference.decision import CALIBRATION_THRESHOLDS
 
     last = Predictor(result.last, device="cpu", threshold=None)
     train = [(np.asarray(Image.open(data / "image" / f"{n}.png")),
@@ -185,7 +189,6 @@ def test_calibrated_threshold_is_chosen_on_training_images_and_recorded(data: Pa
 
 
 def test_best_bundle_is_calibrated_again_for_test_time_augmentation(data: Path, tmp_path: Path) -> None:
-    from training.inference.decision import CALIBRATION_THRESHOLDS
 
     result = Trainer(tiny(data, tmp_path / "tta", "run.threshold=calibrate", "run.monitor=pixel_error",
                           "run.epochs=1", "run.overlays=0"), log=quiet).fit()
@@ -232,7 +235,7 @@ def test_bfloat16_steps_on_the_cpu_train_and_save_float32(data: Path, tmp_path: 
         trainer = Trainer(tiny(data, tmp_path / precision, "run.epochs=1", "run.overlays=0",
                                f"run.precision={precision}"), log=quiet)
         seen: set[torch.dtype] = set()
-        trainer.model.head.register_forward_hook(lambda module, args, out: seen.add(out.dtype))
+        trainer.model.head.register_forward_hook(lambda module, args, out, seen=seen: seen.add(out.dtype))
         runs[precision] = trainer.fit(), seen
     (fp32, fp32_dtypes), (bf16, bf16_dtypes) = runs["float32"], runs["bfloat16"]
     assert fp32_dtypes == {torch.float32}
@@ -252,7 +255,6 @@ def test_precision_is_checked(data: Path, tmp_path: Path) -> None:
 
 
 def test_label_offset_reaches_the_augmentation(data: Path, tmp_path: Path) -> None:
-    from training.data.augment import OffsetDihedral
 
     trainer = Trainer(tiny(data, tmp_path / "offset", "data.label_offset=[-0.6, -0.2]", "augment.flip.p=0.5"),
                       log=quiet)
@@ -284,3 +286,24 @@ def test_resume_needs_the_runs_own_weight_averaging(data: Path, tmp_path: Path) 
         Trainer(tiny(data, tmp_path / "run", "optim.ema=0.9"), log=quiet).fit(resume=True)
     with pytest.raises(ValueError, match="must be in \\[0, 1\\)"):
         tiny(data, tmp_path / "bad", "optim.ema=1")
+
+
+def test_same_padded_runs_end_with_the_halo_measured_on_validation_images(data: Path, tmp_path: Path) -> None:
+    """``run.halo: scan`` (the default): the best bundle of an smp run carries the halo scan, and
+    its geometry's halo is the default preset's; ``impulse`` keeps the impulse-response radius."""
+    torch.manual_seed(0)
+    model = build_model(TINY_SMP).eval()
+    init = save_bundle(tmp_path / "init.safetensors", model,
+                       new_bundle_info(TINY_SMP, model, ["membrane", "cell"], Normalization()))
+    lines: list[str] = []
+    common = (f"model.init={init}", "run.epochs=1", "run.overlays=0", "patch.size=64")
+    Trainer(tiny(data, tmp_path / "scan", *common), log=lines.append).fit()
+    info = read_bundle_info(tmp_path / "scan" / "best.safetensors")
+    presets = info.halo["presets"]
+    assert info.halo["pixels"] == 1024 * 1024  # the 128 px validation slice laid into a 1024² mosaic
+    assert presets["default"]["agreement"] >= 0.999 and info.geometry.halo == presets["default"]["halo"]
+    assert presets["exact"]["halo"] >= presets["default"]["halo"] and info.halo["impulse"] > 0
+    assert any("halo from agreement with the whole-image pass: default" in line for line in lines)
+    Trainer(tiny(data, tmp_path / "impulse", *common, "run.halo=impulse"), log=quiet).fit()
+    kept = read_bundle_info(tmp_path / "impulse" / "best.safetensors")
+    assert kept.halo == {} and kept.geometry.halo == read_bundle_info(init).geometry.halo
