@@ -178,7 +178,7 @@ class Tessera:
         store = JobStore(JobSettings.from_env())
         store.recover()
         self.jobs = JobManager(
-            store, lambda: Predictor(self.bundle, self.options), self.limits, self.info.in_channels,
+            store, lambda asked: Predictor(self.bundle, self.options.replace(**asked)), self.limits, self.info.in_channels,
             on_pixels=lambda count: pixels_segmented.labels(endpoint="jobs").inc(count),
         )
 

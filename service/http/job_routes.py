@@ -5,6 +5,7 @@
   ``Retry-After`` when ``TESSERA_MAX_JOBS`` jobs are queued or running. ``POST
   /jobs?path=REL`` (no body) segments the whole-slide image ``REL`` under ``TESSERA_DATA_ROOT``
   instead (:mod:`service.http.data_root`).
+  ``tta=none|flips|d4`` and ``threshold=P`` as ``POST /segment`` takes them (default: the server's).
 * ``GET /jobs/{job_id}`` -- status, stage, tiles done / total, pixels per second, ETA.
 * ``GET /jobs/{job_id}/result`` -- the label file, streamed from disk (409 until completed; a
   failed job answers its error with the status ``POST /segment`` gives the same problem).
@@ -14,10 +15,11 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated, Any
 
 import bentoml
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +32,14 @@ from service.http.spool import spool_upload
 from service.http.uploads import IMAGE_TYPES, UploadError
 
 router = APIRouter(tags=["jobs"])
+
+
+class JobTTA(str, Enum):
+    """Test-time augmentation of a job (as ``POST /segment?tta=`` takes it)."""
+
+    none = "none"
+    flips = "flips"
+    d4 = "d4"
 
 
 class ErrorBody(BaseModel):
@@ -67,6 +77,7 @@ class JobStatusBody(BaseModel):
     error: JobError | None
     result_url: str | None
     filename: str | None
+    options: dict[str, Any]
 
 
 def job_manager() -> JobManager:
@@ -118,15 +129,23 @@ UPLOAD_BODY = {
               "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}},
     },
 )
-async def submit(request: Request, jobs: Jobs, format: JobFormat = JobFormat.tiff, path: str | None = None) -> Response:
+async def submit(
+    request: Request,
+    jobs: Jobs,
+    format: JobFormat = JobFormat.tiff,
+    path: str | None = None,
+    tta: JobTTA | None = None,
+    threshold: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+) -> Response:
     """Queue the uploaded image (or the slide ``path`` names under ``TESSERA_DATA_ROOT``); poll
     ``GET /jobs/{job_id}``, then download ``GET /jobs/{job_id}/result``."""
-    unknown = set(request.query_params) - {"format", "path"}
+    unknown = set(request.query_params) - {"format", "path", "tta", "threshold"}
     if unknown:
         return refuse(422, "invalid_option", f"unknown option(s): {', '.join(sorted(unknown))}")
     try:
         slide = resolve_data_path(path, data_root()) if path is not None else None
-        record = await run_in_threadpool(jobs.reserve, format)
+        asked = {"tta": tta.value if tta is not None else None, "threshold": threshold}
+        record = await run_in_threadpool(jobs.reserve, format, {k: v for k, v in asked.items() if v is not None})
     except UploadError as error:
         return refuse(error.status, error.error, error.detail)
     except QueueFull as full:

@@ -10,6 +10,7 @@ window, anything else decoded), segmented tile by tile into the result file by
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -96,22 +97,29 @@ def probe(path: Path, limits: Limits, in_channels: int) -> None:
 class JobManager:
     """A worker's side of the job system: submit, cancel and the job thread."""
 
-    def __init__(self, store: JobStore, predictor: Callable[[], Predictor], limits: Limits, in_channels: int,
+    def __init__(self, store: JobStore, predictor: Callable[[dict], Predictor], limits: Limits, in_channels: int,
                  on_pixels: Callable[[int], None] | None = None) -> None:
         self.store, self.limits, self.in_channels = store, limits, in_channels
         self.make_predictor, self.predictor = predictor, None
+        #: Predictors by the request options they were built with (the model is shared).
+        self.predictors: dict[str, Predictor] = {}
         self.on_pixels = on_pixels
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="tessera-jobs", daemon=True)
         self.thread.start()
 
-    def reserve(self, fmt: JobFormat) -> JobRecord:
-        """A new pending job, or :class:`QueueFull`."""
+    def reserve(self, fmt: JobFormat, options: dict | None = None) -> JobRecord:
+        """A new pending job with the request's inference ``options`` (``tta``, ``threshold``),
+        or :class:`QueueFull`."""
         self.store.sweep()
         with self.store.lock:
             if len(self.store.active()) >= self.store.settings.max_jobs:
                 raise QueueFull(self.store.retry_after(), self.store.settings.max_jobs)
-            return self.store.new(fmt.value)
+            record = self.store.new(fmt.value)
+        if options:
+            record.options = dict(options)
+            self.store.save(record)
+        return record
 
     def upload_path(self, record: JobRecord) -> Path:
         return self.store.folder(record.job_id) / UPLOAD
@@ -132,6 +140,13 @@ class JobManager:
         self.store.save(record)
         self.queue.put(record.job_id)
         return record
+
+    def predictor_for(self, options: dict) -> Predictor:
+        """The predictor of the server's options with ``options`` over them, built once."""
+        key = json.dumps(options, sort_keys=True)
+        if key not in self.predictors:
+            self.predictors[key] = self.make_predictor(options)
+        return self.predictors[key]
 
     def accept_slide(self, record: JobRecord, slide: Path) -> JobRecord:
         """Queue a job that segments the whole-slide image ``slide`` (already checked to be one
@@ -168,8 +183,7 @@ class JobManager:
         self.store.save(record)
         folder = self.store.folder(job_id)
         try:
-            if self.predictor is None:
-                self.predictor = self.make_predictor()
+            self.predictor = self.predictor_for(record.options)
             result = self._segment(record, folder)
             name = f"result-{result.filename}"
             result.path.rename(folder / name)

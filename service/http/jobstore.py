@@ -141,6 +141,8 @@ class JobRecord:
     upload_bytes: int = 0
     #: A whole-slide image under TESSERA_DATA_ROOT segmented in place of an upload.
     source: str | None = None
+    #: The request's inference options (``tta``, ``threshold``) over the server's.
+    options: dict = field(default_factory=dict)
 
     def public(self, retention_s: float, now: float | None = None) -> dict:
         """What ``GET /jobs/{id}`` answers: the record plus rate, ETA and expiry."""

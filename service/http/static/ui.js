@@ -145,7 +145,9 @@ function describeJob(job) {
 function uploadJob(file) {
   return new Promise((resolve, reject) => {
     const request = new XMLHttpRequest();
-    request.open("POST", "/jobs?format=tiff");
+    const params = options();
+    params.set("format", "tiff");
+    request.open("POST", `/jobs?${params}`);
     request.upload.onprogress = (event) => {
       if (event.lengthComputable) {
         $("job-progress").value = event.loaded / event.total;

@@ -302,6 +302,17 @@ def test_async_job_file_name_does_not_choose_the_reader(server: httpx.Client, pr
     np.testing.assert_array_equal(tifffile.imread(io.BytesIO(result.content)), predictor.predict(image).labels)
 
 
+def test_async_job_takes_the_requests_tta_and_threshold(server: httpx.Client, bundle: Path) -> None:
+    """A job's tta= and threshold= are applied as POST /segment applies them (and reported)."""
+    image = RNG.integers(0, 256, (130, 97), dtype=np.uint8)
+    result = run_job(server, ("x.png", png(image), "image/png"), tta="flips", threshold="0.3")
+    expected = Predictor(bundle, device="cpu", tta="flips", threshold=0.3).predict(image).labels
+    np.testing.assert_array_equal(tifffile.imread(io.BytesIO(result.content)), expected)
+    assert not np.array_equal(expected, Predictor(bundle, device="cpu").predict(image).labels)
+    job = server.post("/jobs", files={"image": ("x.png", png(image), "image/png")}, params={"threshold": "2"})
+    assert job.status_code == 422, job.text
+
+
 def test_async_job_bad_image(server: httpx.Client) -> None:
     response = server.post("/jobs", files={"image": ("empty.png", b"", "image/png")})
     assert response.status_code == 400, response.text
