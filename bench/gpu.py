@@ -36,10 +36,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.tiling import isbi_mosaic  # noqa: E402  one mosaic for every benchmark
 from training.bundle import DEFAULT_BUNDLE, Bundle, load_bundle, new_bundle_info  # noqa: E402
 from training.device import BatchRunner, autocast_dtype, is_out_of_memory, resolve_device  # noqa: E402
 from training.inference.predictor import Predictor  # noqa: E402
-from training.io.images import read_image  # noqa: E402
 from training.models import build_model  # noqa: E402
 from training.normalization import Normalization  # noqa: E402
 
@@ -47,14 +47,6 @@ ISBI = ROOT / "training" / "assets" / "isbi2012" / "image"
 SMP_RESNET34 = {"arch": "smp", "name": "Unet", "encoder": "resnet34", "in_channels": 1, "num_classes": 2}
 #: Image edge for the exactness checks (a few tiles of the shipped model, quick everywhere).
 CHECK_SIZE = 1000
-
-
-def isbi_mosaic(size: int) -> np.ndarray:
-    """A ``size x size`` uint8 image of ISBI slices (real texture, reproducible)."""
-    slices = [read_image(ISBI / f"{i}.png") for i in range(30)]
-    tiles = -(-size // 512)
-    rows = [np.concatenate([slices[(r * tiles + c) % 30] for c in range(tiles)], 1) for r in range(tiles)]
-    return np.ascontiguousarray(np.concatenate(rows, 0)[:size, :size])
 
 
 def smp_bundle() -> Bundle:
