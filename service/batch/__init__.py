@@ -90,6 +90,7 @@ def segment_gigapixel(
     progress=None,
     options: InferenceOptions | None = None,
     slide: dict | None = None,
+    tile_progress=None,
     **settings: Any,
 ) -> GigapixelReport:
     """Segment one large TIFF/BigTIFF/zarr image or whole-slide image into ``dst/NAME.zarr`` (see
@@ -97,13 +98,16 @@ def segment_gigapixel(
 
     ``options`` / ``settings`` as for :func:`segment_folder` (blending included); ``slide``: for a
     whole-slide image, ``mpp``, ``level``, ``tissue`` (auto, none or a mask file) and ``background``
-    as :func:`training.inference.slide.prepare_slide` takes them (default: tissue auto)."""
+    as :func:`training.inference.slide.prepare_slide` takes them (default: tissue auto).
+    ``progress(chunks_done, chunks)``, ``tile_progress(tiles_done, tiles_to_compute, note=...)``: see
+    :mod:`service.batch.gigapixel.progress`; ``dst/manifest.jsonl`` holds the same figures."""
     parse_scheduler(scheduler)
     if not is_gigapixel_source(src):
         raise OptionError(f"{src}: not an existing TIFF/BigTIFF, zarr or whole-slide image")
     spec, predictor = prepare(bundle, options, **settings)
     runner = open_runner(scheduler, spec, predictor)
     try:
-        return run_gigapixel(src, dst, spec, predictor, runner, probabilities, tiff, chunk, max_pixels, progress, slide)
+        return run_gigapixel(src, dst, spec, predictor, runner, probabilities, tiff, chunk, max_pixels, progress, slide,
+                             tile_progress)
     finally:
         runner.close()

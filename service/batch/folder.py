@@ -29,7 +29,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -44,7 +43,7 @@ from service.batch.files import (
     sweep_temporaries,
 )
 from service.batch.jobkey import job_key
-from service.batch.manifest import MANIFEST_NAME, Manifest
+from service.batch.manifest import MANIFEST_NAME, Manifest, utc_now
 from service.batch.scheduler import PredictorSpec, predictor_for
 from training.bundle import file_sha256
 from training.errors import OptionError, TesseraError
@@ -233,7 +232,7 @@ def segment_file(item: FolderItem, spec: PredictorSpec, options: FolderOptions, 
     except Exception as error:  # any other per-image failure is recorded; the job goes on
         record.update(status="failed", error=f"{type(error).__name__}: {error}", reason="error")
     record["seconds"] = round(time.perf_counter() - started, 4)
-    record["finished"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    record["finished"] = utc_now()
     return record
 
 

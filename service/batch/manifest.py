@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 from service.batch.files import UnsafeNameError, atomic_write, inside, safe_relative
@@ -26,6 +27,11 @@ from training.bundle import file_sha256
 
 #: File name of the manifest inside DST.
 MANIFEST_NAME = "manifest.jsonl"
+
+
+def utc_now() -> str:
+    """The time of a record, UTC to the second: ``2026-11-23T21:40:00Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Manifest:

@@ -80,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
     if is_gigapixel_source(args.src):
         if args.overlay:
             raise OptionError("--overlay is for folder jobs; open the OME-Zarr in a viewer instead")
-        bar, update = progress_bar("chunks", shown)
+        bar, update = progress_bar("tiles", shown)
         with bar:
             report = segment_gigapixel(bundle, args.src, args.dst, tiff=args.tiff, chunk=args.chunk,
-                                       max_pixels=args.max_pixels, progress=update, slide=slide_settings(args), **common)
+                                       max_pixels=args.max_pixels, tile_progress=update, slide=slide_settings(args), **common)
     else:
         check_slide_options(args, args.src)
         if args.tiff or args.chunk:

@@ -122,7 +122,8 @@ def print_summary(predictor, grid, started: float, **fields) -> int:
 
 
 def progress_bar(label: str, enabled: bool):
-    """A rich progress bar on stderr (or nothing) and a ``(done, total, *_)`` callback."""
+    """A rich progress bar on stderr (or nothing) and a ``(done, total, *_, note="")`` callback
+    (``note``, e.g. how many tiles were skipped, shown after the label)."""
     if not enabled:
         return contextlib.nullcontext(), None
     from rich.console import Console
@@ -135,11 +136,11 @@ def progress_bar(label: str, enabled: bool):
         TimeRemainingColumn,
     )
 
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                    console=Console(stderr=True))
     task = bar.add_task(label, total=None)
 
-    def update(done: int, total: int, *_) -> None:
-        bar.update(task, completed=done, total=total)
+    def update(done: int, total: int, *_, note: str = "") -> None:
+        bar.update(task, completed=done, total=total, description=f"{label} ({note})" if note else label)
 
     return bar, update

@@ -99,7 +99,9 @@ def segment_block(block: np.ndarray, job: GigapixelJob, spec: PredictorSpec, ori
 
 def write_block(segmented: np.ndarray, job: GigapixelJob, origin: tuple[int, int],
                 block_info: dict | None = None) -> np.ndarray:
-    """Write one segmented chunk into the partial output, then its done-marker."""
+    """Write one segmented chunk into the partial output, then its done-marker. Returns the
+    chunk's flat index ``row * columns + column`` as a ``(1, 1, 1)`` int64 block (see
+    :meth:`~service.batch.gigapixel.plan.GigapixelJob.chunk_at`)."""
     import zarr  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too
 
     y0, y1, x0, x1 = _location(block_info, 0, origin)
@@ -107,8 +109,9 @@ def write_block(segmented: np.ndarray, job: GigapixelJob, origin: tuple[int, int
     group["0"][y0:y1, x0:x1] = segmented[0]
     if job.probabilities:
         group[f"{PROBABILITIES}/0"][:, y0:y1, x0:x1] = segmented[1:].astype(np.uint8)
-    marker(Path(job.partial), (y0 // job.chunk[0], x0 // job.chunk[1])).touch()
-    return np.ones((1, 1, 1), np.uint8)
+    index = (y0 // job.chunk[0], x0 // job.chunk[1])
+    marker(Path(job.partial), index).touch()
+    return np.full((1, 1, 1), index[0] * job.grid[1] + index[1], np.int64)
 
 
 def padded_input(job: GigapixelJob):
@@ -157,7 +160,7 @@ def window_work(padded, job: GigapixelJob, spec: PredictorSpec, pending: list[tu
         written = segmented.map_blocks(
             write_block, job=job, origin=(rows[0] * job.chunk[0], cols[0] * job.chunk[1]),
             chunks=((1,), (1,) * (rows[1] - rows[0]), (1,) * (cols[1] - cols[0])),
-            dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8),
+            dtype=np.int64, meta=np.empty((0, 0, 0), np.int64),
         )
         keys = [(written.name, 0, r - rows[0], c - cols[0]) for r, c in indices]
         yield optimize(written.__dask_graph__(), keys), keys

@@ -137,6 +137,10 @@ class GigapixelJob:
         rows, cols = self.grid
         return [(r, c) for r in range(rows) for c in range(cols)]
 
+    def chunk_at(self, flat: int) -> tuple[int, int]:
+        """The chunk ``(row, column)`` of a flat index ``row * columns + column``."""
+        return divmod(int(flat), self.grid[1])
+
     def box(self, index: tuple[int, int]) -> tuple[int, int, int, int]:
         (r, c), (ch, cw) = index, self.chunk
         return r * ch, min((r + 1) * ch, self.height), c * cw, min((c + 1) * cw, self.width)

@@ -19,7 +19,8 @@ from service.batch.gigapixel.omezarr import (
     write_tiff,
 )
 from service.batch.gigapixel.plan import GigapixelJob, plan_chunks
-from service.batch.gigapixel.slides import TISSUE_FILE, open_slide_job, slide_key, tile_counts, with_slide
+from service.batch.gigapixel.progress import JobProgress, TileProgress, tiles_per_chunk
+from service.batch.gigapixel.slides import TISSUE_FILE, open_slide_job, skipped_tiles, slide_key, with_slide
 from service.batch.gigapixel.state import (
     DONE_FOLDER,
     JOB_FILE,
@@ -82,10 +83,14 @@ def run_gigapixel(
     max_pixels: int | None = None,
     progress: Progress | None = None,
     slide: dict | None = None,
+    tile_progress: TileProgress | None = None,
 ) -> GigapixelReport:
     """Run a gigapixel job with ``runner``; ``predictor`` (built from ``spec`` in this process)
     plans the grid and computes the normalisation statistics. A whole-slide input is read as
-    :mod:`service.batch.gigapixel.slides` says (``slide``: mpp, level, tissue, background)."""
+    :mod:`service.batch.gigapixel.slides` says (``slide``: mpp, level, tissue, background).
+    ``progress(chunks_done, chunks)`` and ``tile_progress(tiles_done, tiles_to_compute, note=...)``
+    follow the work; the job's record in ``dst/manifest.jsonl`` carries the same figures
+    (:mod:`service.batch.gigapixel.progress`)."""
     started = time.perf_counter()
     src, root = Path(src), Path(dst)
     stem = output_stem(src)
@@ -104,30 +109,53 @@ def run_gigapixel(
             plan, chunks = plan_chunks(predictor, height, width, chunk)
             key = gigapixel_key(spec, src, (height, width), chunks, probabilities, **slide_key(slide_job))
             report.shape, report.chunk = [height, width], list(chunks)
-            describe_slide(report, slide_job, predictor, output)
-            if is_complete(output, key):
-                report_complete(report, output, tiff_path)
-            else:
-                partial = root / f".{output.name}{PARTIAL_SUFFIX}"
-                statistics = (lambda: slide_job.stats(predictor.info.normalization)) if slide_job is not None else None
-                job = open_partial(partial, key, src, source, predictor, plan, chunks, probabilities, max_pixels, statistics)
-                job = with_slide(job, slide_job)
-                compute_pending(job, spec, runner, report, progress)
-                report.levels = finish(partial, output, job, spec, predictor, key, tiff_path, runner.client, report.slide)
-                if slide_job is not None:
-                    slide_job.write_mask(root / f"{stem}.tissue.png")
+            counts = describe_slide(report, slide_job, predictor, output)
+            record = {"input": src.name, "kind": "gigapixel", "output": output.name, "job": key}
+            tracker = JobProgress(root, record, counts, tile_progress, progress)
+            with reported(tracker, report):
+                if is_complete(output, key):
+                    report_complete(report, output, tiff_path)
+                    tracker.resume(counts)
+                else:
+                    partial = root / f".{output.name}{PARTIAL_SUFFIX}"
+                    statistics = (lambda: slide_job.stats(predictor.info.normalization)) if slide_job is not None else None
+                    job = open_partial(partial, key, src, source, predictor, plan, chunks, probabilities, max_pixels, statistics)
+                    job = with_slide(job, slide_job)
+                    compute_pending(job, spec, runner, report, tracker)
+                    report.levels = finish(partial, output, job, spec, predictor, key, tiff_path, runner.client, report.slide)
+                    if slide_job is not None:
+                        slide_job.write_mask(root / f"{stem}.tissue.png")
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
 
-def describe_slide(report: GigapixelReport, slide_job, predictor, output: Path) -> None:
-    """The report's tile counts, and for a slide its resolution, tissue and mask file."""
-    report.tiles, report.tiles_skipped = tile_counts(slide_job, predictor, *report.shape)
+@contextlib.contextmanager
+def reported(tracker: JobProgress, report: GigapixelReport):
+    """The job's last manifest record: ``ok`` with the report's figures, else ``failed`` (or
+    ``stopped`` for an interrupt) with the error."""
+    try:
+        yield
+    except BaseException as error:
+        status = "stopped" if isinstance(error, KeyboardInterrupt) else "failed"
+        tracker.finish(status, error=f"{type(error).__name__}: {error}"[:500])
+        raise
+    tracker.finish("ok", computed=report.computed, resumed=report.resumed, levels=report.levels,
+                   complete_before=report.complete_before)
+
+
+def describe_slide(report: GigapixelReport, slide_job, predictor, output: Path) -> dict:
+    """The report's tile counts, and for a slide its resolution, tissue and mask file. Returns
+    the tiles of each chunk (:func:`~service.batch.gigapixel.progress.tiles_per_chunk`)."""
+    grid = predictor.grid(*report.shape)
+    counts = tiles_per_chunk(grid, tuple(report.chunk), skipped_tiles(slide_job, grid))
+    report.tiles = sum(n for n, _ in counts.values())
+    report.tiles_skipped = sum(s for _, s in counts.values())
     report.skipped_share = round(report.tiles_skipped / max(report.tiles, 1), 6)
     if slide_job is not None:
         report.slide = slide_job.attributes()["slide"]
         if slide_job.tissue is not None:
             report.tissue_mask = str(output.with_name(f"{output_stem(output)}.tissue.png"))
+    return counts
 
 
 def report_complete(report: GigapixelReport, output: Path, tiff_path: Path | None) -> None:
@@ -144,19 +172,17 @@ def report_complete(report: GigapixelReport, output: Path, tiff_path: Path | Non
 
 
 def compute_pending(job: GigapixelJob, spec: PredictorSpec, runner, report: GigapixelReport,
-                    progress: Progress | None) -> None:
+                    tracker: JobProgress) -> None:
     """Compute the chunks without a done-marker with ``runner``; RuntimeError if any is left."""
     partial = Path(job.partial)
     indices = job.chunks()
     pending = [i for i in indices if not marker(partial, i).exists()]
     report.chunks, report.resumed = len(indices), len(indices) - len(pending)
-    if progress is not None:
-        progress(report.resumed, len(indices))
+    tracker.resume(set(indices) - set(pending))
 
-    def written(_result) -> None:
+    def written(result) -> None:
         report.computed += 1
-        if progress is not None:
-            progress(report.resumed + report.computed, len(indices))
+        tracker.chunk_done(job.chunk_at(result.ravel()[0]))
 
     runner.compute(window_work(padded_input(job), job, spec, pending), written)
     missing = [i for i in indices if not marker(partial, i).exists()]

@@ -63,9 +63,8 @@ def with_slide(job: GigapixelJob, slide: SlideJob | None) -> GigapixelJob:
     return dataclasses.replace(job, slide=slide.spec(), skip=skip)
 
 
-def tile_counts(slide: SlideJob | None, predictor, height: int, width: int) -> tuple[int, int]:
-    """Tiles of the job's grid and how many of them are skipped."""
-    grid = predictor.grid(height, width)
+def skipped_tiles(slide: SlideJob | None, grid) -> list:
+    """The tiles of ``grid`` the job skips (none without a slide's tissue)."""
     if slide is None or slide.skip is None:
-        return len(grid), 0
-    return len(grid), len(slide.skip.split(grid.tiles())[1])
+        return []
+    return slide.skip.split(grid.tiles())[1]
