@@ -155,7 +155,7 @@ def tissue_tiles_equal(slide: Path, auto: Path, none: Path, bundle: str | None, 
         computed, _ = job.skip.split(grid.tiles())
     finally:
         job.close()
-    a, b = zarr.open_array(str(auto), mode="r"), zarr.open_array(str(none), mode="r")
+    a, b = zarr.open_group(str(auto), mode="r")["0"], zarr.open_group(str(none), mode="r")["0"]  # OME-Zarr label images
     return all(np.array_equal(a[y0:y1, x0:x1], b[y0:y1, x0:x1]) for y0, y1, x0, x1 in (t.output for t in computed))
 
 

@@ -3,7 +3,8 @@
 The slide is read lazily at the chosen resolution (``--level``, ``--mpp``, else the bundle's
 ``data.mpp``, else level 0); with ``--tissue auto`` (default) or a mask, tiles without tissue are
 not computed and get the background class. The labels go to the output as for any image, with the
-slide's resolution in its attributes; the tissue mask is written beside it
+slide's resolution in its attributes; a ``.zarr`` output is an OME-Zarr label image (pyramid,
+axes in micrometres) as a gigapixel job writes it; the tissue mask is written beside it
 (``<output>.tissue.png``); ``--objects`` streams the objects into a GeoJSON file for QuPath. The
 JSON summary adds the resolution, the tissue share and the share of tiles skipped.
 """
@@ -130,7 +131,8 @@ def segment_slide(args: argparse.Namespace, predictor, progress_bar) -> tuple[di
             predict_to_file(predictor, job.source, args.output, probabilities=probabilities,
                             probability_dtype=args.probability_dtype,
                             attributes={"source": str(args.input), **job.attributes()}, progress=callback,
-                            stats=job.stats(predictor.info.normalization), skip=job.skip)
+                            stats=job.stats(predictor.info.normalization), skip=job.skip,
+                            label_image=True, mpp=job.resolution.mpp)
         job.write_mask(mask_path(args.output))
         summary = slide_summary(args, job, grid, started)
         if args.objects:

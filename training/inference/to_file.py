@@ -17,9 +17,11 @@ from pathlib import Path
 from training.inference.predictor import Predictor, Progress, Stats
 from training.inference.skipping import TileSkip
 from training.inference.tiling import TileGrid
+from training.io.omezarr import LabelImageSink
 from training.io.readers import fit_channels
 from training.io.writers import (
     PROBABILITY_DTYPES,
+    ZARR_SUFFIX,
     Sink,
     TeeSink,
     label_dtype,
@@ -40,13 +42,17 @@ def predict_to_file(
     progress: Progress | None = None,
     stats: Stats | None = None,
     skip: TileSkip | None = None,
+    label_image: bool = False,
+    mpp: float | None = None,
 ) -> TileGrid:
     """Segment ``source`` into the label file ``labels`` (class indices) and, if given, the
     probability file ``probabilities`` (``(K, H, W)`` as ``probability_dtype``: ``uint8`` =
     ``round(255 p)``, ``float16``, ``float32``). ``attributes`` are added to the zarr attributes;
     ``also`` receives the labels too (e.g. an in-memory copy for an overlay); ``stats`` and ``skip``
     go to :meth:`~training.inference.predictor.Predictor.predict_to` (a slide's statistics and
-    tiles without tissue). Returns the grid."""
+    tiles without tissue). ``label_image``: ``.zarr`` labels become an OME-Zarr label image
+    (:class:`~training.io.omezarr.LabelImageSink`: pyramid, class names, axes in micrometres at
+    ``mpp``). Returns the grid."""
     source = fit_channels(source, predictor.info.in_channels)
     height, width = source.shape[:2]
     grid = predictor.grid(height, width)
@@ -54,8 +60,8 @@ def predict_to_file(
     described = {"classes": predictor.info.classes, **(attributes or {})}
     classes = predictor.num_classes
     with contextlib.ExitStack() as stack:
-        sink = stack.enter_context(
-            open_sink(labels, (height, width), label_dtype(classes), chunk, {**described, "values": "class index"}))
+        sink = stack.enter_context(label_sink(labels, (height, width), label_dtype(classes), chunk,
+                                              {**described, "values": "class index"}, label_image, mpp))
         if also is not None:
             sink = TeeSink(sink, also)
         probability_sink = None
@@ -66,3 +72,13 @@ def predict_to_file(
                 {**described, "values": f"probability as {probability_dtype}", "scale": scale}))
         predictor.predict_to(source, labels=sink, probabilities=probability_sink, progress=progress, stats=stats, skip=skip)
     return grid
+
+
+def label_sink(path: str | Path, shape: tuple[int, int], dtype, chunk: tuple[int, int], attributes: dict,
+               label_image: bool, mpp: float | None) -> Sink:
+    """The labels' sink: an OME-Zarr label image for ``.zarr`` when ``label_image``, else by suffix."""
+    path = Path(path)
+    if label_image and path.suffix.lower() == ZARR_SUFFIX:
+        classes = [str(name) for name in attributes["classes"]]
+        return LabelImageSink(path, shape, dtype, chunk, classes, attributes, mpp)
+    return open_sink(path, shape, dtype, chunk, attributes)

@@ -59,7 +59,7 @@ metadata are written, markers removed, and the folder renamed into place.
 Modules: :mod:`~service.batch.gigapixel.plan` (depth, padding, chunking),
 :mod:`~service.batch.gigapixel.state` (names, key, job file, done-markers),
 :mod:`~service.batch.gigapixel.graph` (the dask task graph and its block functions),
-:mod:`~service.batch.gigapixel.omezarr` (pyramid, metadata, BigTIFF) and
+:mod:`~training.io.omezarr` (pyramid, metadata, BigTIFF) and
 :mod:`~service.batch.gigapixel.run` (the job).
 """
 

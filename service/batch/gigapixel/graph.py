@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from service.batch.gigapixel.omezarr import PROBABILITIES
 from service.batch.gigapixel.plan import GigapixelJob
 from service.batch.gigapixel.state import marker
 from service.batch.scheduler import PredictorSpec, predictor_for
+from training.io.omezarr import PROBABILITIES
 from training.io.readers import fit_channels, open_image
 from training.io.writers import encode_probabilities, label_dtype
 from training.mirror import PaddedImage, mirror_window

@@ -12,12 +12,6 @@ from pathlib import Path
 
 from service.batch.files import job_lock, sweep_temporaries
 from service.batch.gigapixel.graph import padded_input, window_work
-from service.batch.gigapixel.omezarr import (
-    PROBABILITIES,
-    pyramid_levels,
-    write_label_image,
-    write_tiff,
-)
 from service.batch.gigapixel.plan import GigapixelJob, plan_chunks
 from service.batch.gigapixel.progress import JobProgress, TileProgress, tiles_per_chunk
 from service.batch.gigapixel.slides import TISSUE_FILE, open_slide_job, skipped_tiles, slide_key, with_slide
@@ -33,6 +27,12 @@ from service.batch.gigapixel.state import (
 )
 from service.batch.scheduler import PredictorSpec
 from training.errors import OptionError
+from training.io.omezarr import (
+    PROBABILITIES,
+    pyramid_levels,
+    write_label_image,
+    write_tiff,
+)
 from training.io.readers import fit_channels, open_image
 from training.io.writers import move_into_place
 

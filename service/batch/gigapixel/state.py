@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from service.batch.files import atomic_write
-from service.batch.gigapixel.omezarr import PROBABILITIES
 from service.batch.gigapixel.plan import GigapixelJob, OverlapPlan
 from service.batch.jobkey import job_key
 from service.batch.scheduler import PredictorSpec
 from training.io.images import TIFF_SUFFIXES
+from training.io.omezarr import PROBABILITIES, create_label_group
 from training.io.readers import ZARR_SUFFIXES
 from training.io.slides import SLIDE_SUFFIXES
 from training.io.writers import label_dtype
@@ -118,11 +118,8 @@ def open_partial(partial: Path, key: str, src: Path, source, predictor, plan: Ov
 
 def create_partial(partial: Path, shape: tuple[int, int], chunks: tuple[int, int], classes: int, probabilities: bool) -> None:
     """An empty partial output: the full-resolution label array (and probabilities), no markers."""
-    import zarr  # noqa: PLC0415  gigapixel jobs only; service.batch loads this package for folder jobs too
 
-    group = zarr.open_group(str(partial), mode="w", zarr_format=3)
-    group.create_array("0", shape=shape, chunks=chunks, dtype=label_dtype(classes), fill_value=0,
-                       dimension_names=("y", "x"))
+    group = create_label_group(partial, shape, chunks, label_dtype(classes))
     if probabilities:
         group.create_group(PROBABILITIES).create_array(
             "0", shape=(classes, *shape), chunks=(classes, *chunks), dtype=np.uint8, fill_value=0,

@@ -33,9 +33,9 @@ def test_tissue_auto_equals_tissue_none_on_tissue_tiles(tmp_path, capsys, svs, t
     assert 0.3 < auto["skipped_share"] < 0.9 and none["skipped_share"] == 0 and none["tissue_mask"] is None
     assert auto["slide"]["tissue"]["source"] == "auto" and auto["slide"]["mpp"] == 0.5
     assert (tmp_path / "auto.tissue.png").exists()
-    with_skips = zarr.open_array(str(tmp_path / "auto.zarr"), mode="r")
-    without = zarr.open_array(str(tmp_path / "none.zarr"), mode="r")
-    assert with_skips.attrs["slide"]["to_level0"] == 1.0
+    image = zarr.open_group(str(tmp_path / "auto.zarr"), mode="r")  # an OME-Zarr label image
+    with_skips, without = image["0"], zarr.open_group(str(tmp_path / "none.zarr"), mode="r")["0"]
+    assert image.attrs["tessera"]["slide"]["to_level0"] == 1.0
     tissue = cv2.imread(str(tmp_path / "auto.tissue.png"))  # the thumbnail is level 0 here (800 px)
     assert tissue.shape[:2] == (600, 800)
     labels = np.asarray(with_skips[:])
@@ -53,7 +53,13 @@ def test_a_coarser_level_records_its_factor(tmp_path, capsys, svs, tiny_bundle):
     out = predict(capsys, str(tiny_bundle), str(svs), "-o", str(tmp_path / "l1.zarr"), "--tile", "96", "--level", "1",
                   "--objects", str(tmp_path / "l1.geojson"), "--object-type", "detection")
     assert out["size"] == [150, 200] and out["slide"]["to_level0"] == 4.0
-    labels = np.asarray(zarr.open_array(str(tmp_path / "l1.zarr"), mode="r")[:])
+    image = zarr.open_group(str(tmp_path / "l1.zarr"), mode="r")
+    labels = np.asarray(image["0"][:])
+    multiscales = image.attrs["ome"]["multiscales"][0]
+    assert [axis["unit"] for axis in multiscales["axes"]] == ["micrometer", "micrometer"]
+    assert [d["coordinateTransformations"][0]["scale"] for d in multiscales["datasets"]][:2] == [[2.0, 2.0], [4.0, 4.0]]
+    np.testing.assert_array_equal(image["1"][:], labels[::2, ::2])  # the pyramid: every other pixel
+    assert image.attrs["ome"]["image-label"]["properties"][1]["class"] == "foreground"
     features = json.loads((tmp_path / "l1.geojson").read_text())["features"]
     assert sum(shapely.geometry.shape(f["geometry"]).area for f in features) == 16 * (labels == 1).sum()
     assert {f["properties"]["objectType"] for f in features} <= {"detection"}
