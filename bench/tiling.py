@@ -341,7 +341,11 @@ def vs_monai(image: np.ndarray, peak: float) -> dict:
     exact = Predictor(bundle, device="cpu", batch_size=2, halo="exact")
     points = [tessera_point("tessera-default", default, image, whole), tessera_point("tessera-exact", exact, image, whole)]
     halo, stride = default.geometry.halo, default.geometry.stride
-    picks = [(512, halo), (768, halo), (1024, halo), (768, max(stride, halo - stride)), (1024, exact.geometry.halo)]
+    # hand-picked: the default's halo at the candidate tiles, one stride less, and tiles whose grid
+    # fits 2048² exactly (core 512 or 1024 px) with small halos
+    picks = [(512, halo), (768, halo), (1024, halo), (768, max(stride, halo - stride)), (1024, exact.geometry.halo),
+             (512 + 2 * stride, stride), (1024 + 2 * stride, stride), (512 + 4 * stride, 2 * stride),
+             (1024 + 4 * stride, 2 * stride)]
     for tile, pick in dict.fromkeys(picks):
         with warnings.catch_warnings():  # an override warns with the measured agreement: known here
             warnings.simplefilter("ignore")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from training.geometry import TileGeometry
-from training.inference.tilefit import fit_tile, grid_seconds
+from training.inference.tilefit import fit_tile, fitted_sizes, grid_seconds, interpolated_throughput
 from training.inference.tiling import TileGrid
 
 VALID = TileGeometry(padding="valid", depth=4)  # margin 92: 700 -> step 512, 780 -> step 592
@@ -27,11 +27,30 @@ def test_a_faster_tile_per_pixel_loses_when_the_grid_wastes_it():
 
 def test_same_padding_halo_makes_small_tiles_waste_more():
     """With a 64 px halo a 512 px tile keeps 384 px: on 2048² 6 x 6 tiles against 4 x 4 of 768 px.
-    At equal speed per output pixel 512 still wins (fewer pixels past the edge); 30% faster 768 wins."""
+    At equal speed per output pixel 512 beats 768 (fewer pixels past the edge); 30% faster 768
+    wins. Between them, 640 (step 512) fits 2048² exactly with 4 x 4 tiles and beats both."""
     equal = fit_tile(SAME, {512: 1e6, 768: 1e6}, 2048, 2048)
-    assert equal.tiles == {512: 36, 768: 16} and equal.size == 512
+    assert (equal.tiles[512], equal.tiles[768]) == (36, 16) and equal.seconds[512] < equal.seconds[768]
     assert equal.seconds[512] == pytest.approx(36 * 384**2 / 1e6)
-    assert fit_tile(SAME, {512: 1e6, 768: 1.3e6}, 2048, 2048).size == 768
+    assert equal.size == 640 and equal.tiles[640] == 16
+    faster = fit_tile(SAME, {512: 1e6, 768: 1.3e6}, 2048, 2048)
+    assert faster.seconds[768] < faster.seconds[512]
+
+
+def test_sizes_that_fit_the_image_are_weighed_at_interpolated_speed():
+    """2048² with a 32 px halo: 576 (4 x 4 steps of 512) and 1088 (2 x 2 of 1024) end at the
+    edge. Their speed is the input-pixel rate interpolated between the measured neighbours."""
+    halo32 = TileGeometry(padding="same", depth=5, halo=32, kind="stride")
+    assert fitted_sizes(halo32, 2048, 2048, 512, 1536) == [576, 768, 1088]
+    rates = {512: 1.0e6, 768: 1.0e6, 1536: 0.8e6}
+    fit = fit_tile(halo32, rates, 2048, 2048)
+    assert (fit.tiles[576], fit.tiles[1088]) == (16, 4)
+    input_rate = {t: r * t**2 / halo32.tile_step(t) ** 2 for t, r in rates.items()}
+    at_576 = input_rate[512] + (input_rate[768] - input_rate[512]) * (576 - 512) / 256
+    assert interpolated_throughput(halo32, rates, 576) == pytest.approx(at_576 * 512**2 / 576**2)
+    assert fit.seconds[576] == pytest.approx(16 * 576**2 / at_576)
+    assert fit.size == min(fit.seconds, key=fit.seconds.get)
+    assert fitted_sizes(VALID, 2048, 2048, 700, 780) == [700]  # 4 x 512: the measured 700 itself
 
 
 def test_small_images_count_the_shrunk_tile_they_really_run():
