@@ -1,6 +1,7 @@
 """Benchmark: a whole-slide image with tissue skipping against computing every tile. ONE JSON line.
 
     .venv/bin/python bench/slides.py [--size 50000] [--small 10000] [--tissue-share 0.3] [--bundle PATH | --bundle tiny]
+    .venv/bin/python bench/slides.py --size 50000 --batch-only     # tessera batch in-process vs local:2 only
 
 The slide is synthetic and written here: an Aperio-style SVS (JPEG tiles of 512 px, levels
 downsampled 4x, a stripped thumbnail page) of ``--size``² pixels at 0.5 µm, white glass with about
@@ -176,6 +177,7 @@ def main() -> None:
     parser.add_argument("--bundle", default=None, help="bundle path, or 'tiny' (default: the shipped model)")
     parser.add_argument("--background-class", default="cell", help="class of skipped tiles (shipped model: cell)")
     parser.add_argument("--batch", action="store_true", help="also compare tessera batch --scheduler local:2 with in-process")
+    parser.add_argument("--batch-only", action="store_true", help="only the batch comparison (on the --size slide)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -184,6 +186,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tessera-bench-slides-") as tmp:
         root = Path(tmp)
         bundle = tiny_bundle(root) if args.bundle == "tiny" else args.bundle or "default"
+        if args.batch_only:
+            big = SyntheticSlide(args.size, args.tissue_share).write(root / "big.svs")
+            started = time.perf_counter()
+            identical = batch_identical(root, bundle, big, args.background_class)
+            print(json.dumps({"bench": "slides", "size": args.size, "batch_local2_identical": identical,
+                              "batch_seconds": round(time.perf_counter() - started, 1)}))
+            return
         started = time.perf_counter()
         big = SyntheticSlide(args.size, args.tissue_share).write(root / "big.svs")
         small = SyntheticSlide(args.small, args.tissue_share).write(root / "small.svs")
@@ -196,7 +205,7 @@ def main() -> None:
         }
         equal = tissue_tiles_equal(big, root / "auto.zarr", root / "none.zarr",
                                    None if bundle == "default" else bundle, args.background_class)
-        batch = batch_identical(root, bundle, big) if args.batch else None
+        batch = batch_identical(root, bundle, big, args.background_class) if args.batch else None
     auto, none = runs["auto"], runs["none"]
     share = auto["summary"]["slide"]["tissue"]["share"]
     line = {
@@ -219,13 +228,13 @@ def main() -> None:
     print(json.dumps(line))
 
 
-def batch_identical(root: Path, bundle: str, slide: Path) -> bool | None:
+def batch_identical(root: Path, bundle: str, slide: Path, background: str = "cell") -> bool | None:
     """``tessera batch`` on the slide in-process and on ``local:2``: identical label bytes (None: not run)."""
     outputs = {}
     for scheduler in ("in-process", "local:2"):
         out = root / f"batch-{scheduler.replace(':', '')}"
         run_child(["batch", bundle, str(slide), str(out), "--scheduler", scheduler, "--device", "cpu", "--quiet",
-                   "--background-class", "cell"])
+                   "--background-class", background])
         stores = sorted(out.glob("*.zarr"))
         outputs[scheduler] = zarr.open_array(str(stores[0] / "0"), mode="r")
     a, b = outputs["in-process"], outputs["local:2"]

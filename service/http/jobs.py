@@ -11,7 +11,9 @@ batch and the sink's row bands, not by the image:
 * ``zarr`` -- a zarr v3 array of class indices chunked on the tile grid (what ``tessera predict
   -o x.zarr`` writes), packed into one zip file (entries at the root, stored uncompressed as the
   zarr zip-store convention asks; the chunks are already compressed), which
-  ``zarr.open(zarr.storage.ZipStore(path, mode="r"))`` reads back.
+  ``zarr.open(zarr.storage.ZipStore(path, mode="r"))`` reads back. For a whole-slide image (a job
+  by ``path=``) the store is the OME-Zarr label image ``tessera predict`` writes for slides
+  (labels at ``0``, pyramid, axes in micrometres).
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ def segment_file(predictor: Predictor, source: ArrayLike2D, fmt: JobFormat, work
 def segment_slide_file(predictor: Predictor, slide: Path, fmt: JobFormat, work: Path, progress: Progress | None = None,
                        started: Callable[[tuple[int, int]], None] | None = None) -> JobResult:
     """Segment a whole-slide image like :func:`segment_file`: at the bundle's ``data.mpp`` (else
-    level 0), tiles without tissue skipped when the model has a class named ``background``;
-    ``started(size)`` once the resolution is chosen, before the first tile."""
+    level 0), tiles without tissue skipped when the model has a class named ``background``, a
+    ``zarr`` result the OME-Zarr label image; ``started(size)`` once the resolution is chosen,
+    before the first tile."""
     tissue = "auto" if "background" in predictor.info.classes else "none"
     job = prepare_slide(slide, predictor.info, tissue=tissue)
     try:
@@ -79,7 +82,8 @@ def segment_slide_file(predictor: Predictor, slide: Path, fmt: JobFormat, work: 
             started(tuple(job.source.shape[:2]))
         output = work / ("labels.zarr" if fmt == JobFormat.zarr else "labels.tif")
         grid = predict_to_file(predictor, job.source, output, attributes={"source": slide.name, **job.attributes()},
-                               stats=job.stats(predictor.info.normalization), skip=job.skip, progress=progress)
+                               stats=job.stats(predictor.info.normalization), skip=job.skip, progress=progress,
+                               label_image=True, mpp=job.resolution.mpp)
     finally:
         job.close()
     pixels = grid.height * grid.width

@@ -11,6 +11,8 @@ import httpx
 import numpy as np
 import pytest
 import tifffile
+import zarr
+import zarr.storage
 
 from service.cli import main as tessera
 from tests.support.server import serve
@@ -58,6 +60,21 @@ def test_a_slide_by_path_equals_tessera_predict(url: str, store: Path, service_b
     assert tessera(["predict", str(service_bundle), str(store / "case.svs"), "-o", str(tmp_path / "cli.tif"), "--quiet",
                     "--device", "cpu"]) == 0
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "job.tif"), tifffile.imread(tmp_path / "cli.tif"))
+
+
+def test_a_slide_by_path_as_zarr_is_the_ome_zarr_label_image(url: str, store: Path, service_bundle: Path,
+                                                              tmp_path: Path) -> None:
+    response = submit(url, {"path": "case.svs", "format": "zarr"})
+    assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    (tmp_path / "job.zarr.zip").write_bytes(response.content)
+    assert tessera(["predict", str(service_bundle), str(store / "case.svs"), "-o", str(tmp_path / "cli.zarr"), "--quiet",
+                    "--device", "cpu"]) == 0
+    job = zarr.open_group(zarr.storage.ZipStore(tmp_path / "job.zarr.zip", mode="r"), mode="r")
+    cli = zarr.open_group(str(tmp_path / "cli.zarr"), mode="r")
+    np.testing.assert_array_equal(job["0"][:], cli["0"][:])
+    np.testing.assert_array_equal(job["1"][:], cli["0"][::2, ::2])
+    axes = job.attrs["ome"]["multiscales"][0]["axes"]
+    assert [axis.get("unit") for axis in axes] == ["micrometer", "micrometer"]
 
 
 @pytest.mark.parametrize(
