@@ -73,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
             "metrics": bundle.info.metrics,
             "provenance": bundle.info.provenance,
         }
-    described = {"parameters": count_parameters(model), **describe_geometry(geometry, args.size), **described}
+    # an exported file's runtime has no torch parameters: its export record counted them
+    record = getattr(model, "record", None)
+    parameters = count_parameters(model) or getattr(record, "parameters", None)
+    described = {"parameters": parameters, **describe_geometry(geometry, args.size), **described}
     print(json.dumps(described, indent=2))
     return 0
 

@@ -84,6 +84,8 @@ class ExportRecord:
     output: str = OUTPUT_NAME
     batch: str = "dynamic"
     source: dict[str, str] = field(default_factory=dict)
+    #: The exported network's parameter count (a runtime such as ONNX Runtime does not expose it).
+    parameters: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -102,6 +104,7 @@ class ExportRecord:
             output=str(data.get("output", OUTPUT_NAME)),
             batch=str(data.get("batch", "dynamic")),
             source=dict(data.get("source") or {}),
+            parameters=int(data["parameters"]) if data.get("parameters") is not None else None,
         )
 
 

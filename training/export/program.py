@@ -38,6 +38,7 @@ from training.export.metadata import (
     size_rule,
     write_sidecar,
 )
+from training.models import count_parameters
 
 #: Batch size of the example input (1 would be specialised: the batch would not stay dynamic).
 EXAMPLE_BATCH = 2
@@ -111,7 +112,7 @@ def export_record(bundle: Bundle, format: str, opset: int | None = None) -> Expo
     if bundle.path is not None and Path(bundle.path).is_file():
         source = {"name": Path(bundle.path).name, "sha256": file_sha256(bundle.path)}
     return ExportRecord(format=format, sizes=size_rule(bundle.info), torch=torch.__version__.split("+")[0],
-                        opset=opset, source=source)
+                        opset=opset, source=source, parameters=count_parameters(bundle.model))
 
 
 def export_program(bundle: Bundle, path: str | Path, program: ExportedProgram | None = None) -> Path:

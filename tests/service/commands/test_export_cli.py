@@ -25,7 +25,7 @@ from training.export.triton import config_text, max_batch
 from training.inference.predictor import Predictor
 from training.io.images import read_image
 from training.io.writers import encode_png
-from training.models import build_model
+from training.models import build_model, count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -57,6 +57,13 @@ def test_cli_writes_both_formats_checked_against_the_bundle(written):
     assert onnx["input_sizes"] == pt2["input_sizes"] == "44 + 4k"
     assert onnx["max_abs_logit_diff"] <= 1e-4 and pt2["max_abs_logit_diff"] <= 1e-4
     assert (written / "tiny.pt2.json").is_file() and report["triton"] == str(written / "repo" / "membranes")
+
+
+@pytest.mark.parametrize("name", ["tiny.onnx", "tiny.pt2"])
+def test_info_counts_the_parameters_of_an_export(written, name, capsys):
+    assert main(["info", str(written / name)]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert described["parameters"] == count_parameters(load_bundle(written / "tiny.safetensors").model) > 0
 
 
 def test_triton_repository_layout_and_config(written):
