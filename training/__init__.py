@@ -28,8 +28,7 @@ does not load PyTorch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from training.lazy import lazy_attributes
 
 #: Public name -> the module that defines it.
 _EXPORTS: dict[str, str] = {
@@ -60,14 +59,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import the module that defines ``name`` on first use."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'training' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, globals())

@@ -6,11 +6,11 @@ weights with nearest-neighbour interpolation, so masks stay in their label set. 
 ``Compose(strict=True)`` with the extra target ``weight`` (a mask).
 
 Configuration: a dict (or a YAML file / string), one entry per transform; an entry is merged over
-:data:`DEFAULT_AUGMENTATION`, ``False``/``None``/``p: 0`` turns a transform off, an unknown name or
+:data:`~training.data.augment_config.DEFAULT_AUGMENTATION`, ``False``/``None``/``p: 0`` turns a transform off, an unknown name or
 option is an error. ``build_augmentation("none")`` is the identity.
 
 ==============  ==================================================================================
-name            options (defaults in :data:`DEFAULT_AUGMENTATION`)
+name            options (defaults in :data:`~training.data.augment_config.DEFAULT_AUGMENTATION`)
 ==============  ==================================================================================
 ``flip``        ``p``, ``axes``: horizontal and vertical flips (``axes`` "both"), or only one
                 of them ("horizontal" / "vertical"), each with probability p
@@ -48,13 +48,12 @@ albumentations 2.0.8 copies the same random state into every DataLoader worker;
 :func:`training.loop.seeding.worker_init_fn` reseeds each worker's dataset (and so its pipeline).
 
 Public API: :func:`build_augmentation` -> :class:`Augmentation` (``aug(image, mask, weight)``,
-``reseed(seed)``, ``reach(size)``), :data:`DEFAULT_AUGMENTATION`, :func:`warp_reach`,
+``reseed(seed)``, ``reach(size)``), :data:`~training.data.augment_config.DEFAULT_AUGMENTATION`, :func:`warp_reach`,
 :class:`GridElastic`, :func:`grid_displacement`, :class:`OffsetDihedral`.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import random
@@ -65,27 +64,16 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
-import yaml
 from albumentations.augmentations.geometric.distortion import BaseDistortion
 from scipy import ndimage
 
+from training.data.augment_config import read_config
 from training.data.label_offset import check_label_offset, dihedral_vector
 from training.errors import OptionError
 
 #: The one border mode for every warp: OpenCV's name for training.mirror's mirror.
 BORDER = cv2.BORDER_REFLECT_101
 
-DEFAULT_AUGMENTATION: dict[str, dict[str, Any]] = {
-    "flip": {"p": 0.5, "axes": "both"},
-    "rotate90": {"p": 0.5},
-    "elastic": {"p": 0.5, "grid": 3, "sigma": 10.0},
-    "affine": {"p": 0.3, "scale": [0.9, 1.1], "rotate": [-15.0, 15.0]},
-    "brightness": {"p": 0.3, "limit": 0.1},
-    "contrast": {"p": 0.3, "limit": 0.15},
-    "gamma": {"p": 0.3, "range": [0.8, 1.25]},
-    "noise": {"p": 0.15, "std": [0.0, 0.05]},
-    "blur": {"p": 0.1, "sigma": [0.5, 1.0]},
-}
 #: ``flip.axes`` -> the albumentations flips it draws from.
 FLIP_AXES = {
     "both": (A.HorizontalFlip, A.VerticalFlip),
@@ -224,39 +212,6 @@ class OffsetDihedral(A.DualTransform):
 
 
 # --------------------------------------------------------------------------- configuration
-def read_config(config: Mapping | str | Path | None) -> dict[str, dict[str, Any]]:
-    """The effective configuration: defaults merged with ``config`` (dict, YAML file or text)."""
-    if config is None:
-        return copy.deepcopy(DEFAULT_AUGMENTATION)
-    if isinstance(config, str) and config.strip().lower() == "none":
-        return {}
-    if isinstance(config, Path) or (isinstance(config, str) and Path(config).is_file()):
-        config = yaml.safe_load(Path(config).read_text()) or {}
-    elif isinstance(config, str):
-        config = yaml.safe_load(config) or {}
-    if not isinstance(config, Mapping):
-        raise OptionError(f"augmentation config must be a mapping of transform -> options, got {config!r}")
-    merged = copy.deepcopy(DEFAULT_AUGMENTATION)
-    for name, options in config.items():
-        if name not in DEFAULT_AUGMENTATION:
-            raise OptionError(f"unknown augmentation {name!r}: choose from {', '.join(DEFAULT_AUGMENTATION)}")
-        if options is False or options is None:
-            merged.pop(name)
-            continue
-        if options is True:
-            continue
-        if not isinstance(options, Mapping):
-            raise OptionError(f"augmentation {name!r}: options must be a mapping, true or false")
-        unknown = set(options) - set(DEFAULT_AUGMENTATION[name])
-        if unknown:
-            raise OptionError(
-                f"augmentation {name!r}: unknown option(s) {sorted(unknown)}; "
-                f"known: {', '.join(DEFAULT_AUGMENTATION[name])}"
-            )
-        merged[name].update(options)
-    return {name: options for name, options in merged.items() if options.get("p", 0) > 0}
-
-
 def _pair(values: Any, name: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in values)
@@ -368,6 +323,6 @@ class Augmentation:
 
 def build_augmentation(config: Mapping | str | Path | None = None, seed: int | None = None,
                        label_offset: Sequence[float] = (0.0, 0.0)) -> Augmentation:
-    """The pipeline for ``config`` (None: :data:`DEFAULT_AUGMENTATION`; ``"none"``: identity);
+    """The pipeline for ``config`` (None: :data:`~training.data.augment_config.DEFAULT_AUGMENTATION`; ``"none"``: identity);
     ``label_offset``: where the labels sit relative to what they trace, ``(dy, dx)`` pixels."""
     return Augmentation(config, seed, label_offset)

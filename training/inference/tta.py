@@ -13,7 +13,7 @@ A view is ``(turns, flip)``: the input flipped horizontally (if ``flip``), then 
 from __future__ import annotations
 
 from training.bundle import BundleInfo
-from training.data.augment import read_config
+from training.data.augment_config import read_config
 from training.data.label_offset import bundle_label_offset, view_correction
 from training.errors import OptionError
 

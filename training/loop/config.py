@@ -227,7 +227,7 @@ class TrainConfig:
         for ok, key, problem in checks:
             if not ok:
                 raise ConfigError(f"{key}: {problem}")
-        from training.data.augment import read_config  # noqa: PLC0415  albumentations loads only for a config that augments
+        from training.data.augment_config import read_config  # noqa: PLC0415  the configuration without albumentations
         from training.data.label_offset import check_label_offset  # noqa: PLC0415  albumentations loads only for a config that augments
 
         try:

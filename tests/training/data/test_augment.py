@@ -10,14 +10,8 @@ from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from training.data import Example, isbi2012
-from training.data.augment import (
-    DEFAULT_AUGMENTATION,
-    GridElastic,
-    build_augmentation,
-    grid_displacement,
-    read_config,
-    warp_reach,
-)
+from training.data.augment import GridElastic, build_augmentation, grid_displacement, warp_reach
+from training.data.augment_config import DEFAULT_AUGMENTATION, read_config
 from training.data.patches import PatchDataset
 from training.geometry import TileGeometry
 from training.loop.seeding import worker_init_fn
