@@ -72,9 +72,12 @@ def test_a_slide_by_path_as_zarr_is_the_ome_zarr_label_image(url: str, store: Pa
     job = zarr.open_group(zarr.storage.ZipStore(tmp_path / "job.zarr.zip", mode="r"), mode="r")
     cli = zarr.open_group(str(tmp_path / "cli.zarr"), mode="r")
     np.testing.assert_array_equal(job["0"][:], cli["0"][:])
-    np.testing.assert_array_equal(job["1"][:], cli["0"][::2, ::2])
-    axes = job.attrs["ome"]["multiscales"][0]["axes"]
-    assert [axis.get("unit") for axis in axes] == ["micrometer", "micrometer"]
+    multiscales = job.attrs["ome"]["multiscales"][0]
+    expected = cli.attrs["ome"]["multiscales"][0]
+    assert (multiscales["datasets"], multiscales["axes"]) == (expected["datasets"], expected["axes"])
+    assert [axis.get("unit") for axis in multiscales["axes"]] == ["micrometer", "micrometer"]
+    for level, dataset in enumerate(multiscales["datasets"]):  # the pyramid: every other pixel per level
+        np.testing.assert_array_equal(job[dataset["path"]][:], cli["0"][:: 2**level, :: 2**level])
 
 
 @pytest.mark.parametrize(
