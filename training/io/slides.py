@@ -55,6 +55,15 @@ class ResolutionError(TesseraError):
     """A resolution that a slide cannot serve (no such level, mpp finer than level 0 ...)."""
 
 
+def window_bounds(key, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of a ``[rows, cols]`` slice key on an image of ``shape`` (the rows
+    alone: every column); an empty window has ``y1 <= y0`` or ``x1 <= x0``."""
+    rows, cols = key[:2] if isinstance(key, tuple) else (key, slice(None))
+    y0, y1, _ = rows.indices(shape[0])
+    x0, x1, _ = cols.indices(shape[1])
+    return y0, y1, x0, x1
+
+
 @dataclass(frozen=True)
 class SlideLevel:
     """One stored level: its size in pixels and its downsample relative to level 0."""
@@ -223,9 +232,7 @@ class LevelSource:
         self.dtype = np.dtype(np.uint8)
 
     def __getitem__(self, key) -> np.ndarray:
-        rows, cols = key[:2] if isinstance(key, tuple) else (key, slice(None))
-        y0, y1, _ = rows.indices(self.shape[0])
-        x0, x1, _ = cols.indices(self.shape[1])
+        y0, y1, x0, x1 = window_bounds(key, self.shape)
         if y1 <= y0 or x1 <= x0:
             return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0), 3), np.uint8)
         return self.reader.read(self.level, y0, y1, x0, x1)
@@ -271,9 +278,7 @@ class VirtualLevel:
         return a, b, a * p // q, min(-(-(b * p) // q), self.finer.shape[axis])
 
     def __getitem__(self, key) -> np.ndarray:
-        rows, cols = key[:2] if isinstance(key, tuple) else (key, slice(None))
-        y0, y1, _ = rows.indices(self.shape[0])
-        x0, x1, _ = cols.indices(self.shape[1])
+        y0, y1, x0, x1 = window_bounds(key, self.shape)
         if y1 <= y0 or x1 <= x0:
             return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0), 3), np.uint8)
         ya, yb, sy0, sy1 = self._span(y0, y1, 0)
